@@ -1,0 +1,77 @@
+"""Session fixtures for the real services of the local environment.
+
+Tiers are folders: ``tests/unit`` (no services) and ``tests/integration``
+(real PostgreSQL, MinIO, etcd, kube-apiserver, kube-controller-manager).
+Each service starts lazily, the first time a test asks for it, and stops at
+the end of the session; a tier that needs only PostgreSQL never builds or
+starts Kubernetes. Logs go to ``.localenv/test-logs/`` so they survive a
+failed run; data lives in a temporary directory removed at the end.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+
+import pytest
+
+from localenv.minio import Minio, MinioInfo
+from localenv.postgres import Postgres, PostgresInfo
+
+REPO = Path(__file__).resolve().parent.parent
+LOG_DIR = REPO / ".localenv" / "test-logs"
+
+
+def _sigterm_as_interrupt(signum: int, frame: FrameType | None) -> None:
+    # CI or a developer stopping the run with SIGTERM still tears fixtures down.
+    raise KeyboardInterrupt
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        path = str(item.path)
+        for tier in ("unit", "integration", "e2e"):
+            if f"/tests/{tier}/" in path:
+                item.add_marker(getattr(pytest.mark, tier))
+
+
+@pytest.fixture(scope="session")
+def state_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="citus-backup-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def log_dir() -> Path:
+    shutil.rmtree(LOG_DIR, ignore_errors=True)
+    LOG_DIR.mkdir(parents=True)
+    return LOG_DIR
+
+
+@pytest.fixture(scope="session")
+def postgres(state_dir: Path, log_dir: Path) -> Iterator[PostgresInfo]:
+    """A PostgreSQL 15 server with SCRAM password auth; superuser credentials."""
+    server = Postgres(state_dir / "postgres", log_dir)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def minio(state_dir: Path, log_dir: Path) -> Iterator[MinioInfo]:
+    """A MinIO server with generated root credentials."""
+    server = Minio(state_dir / "minio", log_dir)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
