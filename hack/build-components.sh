@@ -46,15 +46,18 @@ build_kubernetes() {
     # Each `k8s.io/x => ./staging/src/k8s.io/x` becomes `k8s.io/x => k8s.io/x v0.y.z`.
     grep -oE 'k8s\.io/[a-z0-9-]+ => \./staging' "$gomod" | awk '{print $1}' | sort -u |
       while read -r m; do go mod edit -replace="$m=$m@$staging"; done
-    # Let the go command resolve the rest of the graph (go.sum, indirect deps).
-    go get "k8s.io/kubernetes/cmd/kube-apiserver@$ver" >/dev/null 2>&1 || go get "k8s.io/kubernetes/cmd/kube-apiserver@$ver"
+    # Let the go command resolve the rest of the graph (go.sum, indirect deps)
+    # for all three commands at once: each pulls packages the others do not.
+    local cmds=(kube-apiserver kube-controller-manager kubectl) pkgs=() c
+    for c in "${cmds[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c@$ver"); done
+    go get "${pkgs[@]}" >/dev/null 2>&1 || go get "${pkgs[@]}"
     local major minor; major="$(cut -d. -f1 <<<"${ver#v}")"; minor="$(cut -d. -f2 <<<"$ver")"
     local ld="-s -w"
     for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
       ld+=" -X $pkg.gitVersion=$ver -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
       ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
     done
-    for cmd in kube-apiserver kube-controller-manager kubectl; do
+    for cmd in "${cmds[@]}"; do
       log "  go build $cmd"
       go build -trimpath -ldflags "$ld" -o "$dir/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd"
       mv "$dir/$cmd.tmp" "$dir/$cmd"

@@ -13,12 +13,16 @@ from __future__ import annotations
 import shutil
 import signal
 import tempfile
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import pytest
 
+from localenv.kube import KubeAPIError, KubeCluster, KubeInfo
 from localenv.minio import Minio, MinioInfo
 from localenv.postgres import Postgres, PostgresInfo
 
@@ -75,3 +79,51 @@ def minio(state_dir: Path, log_dir: Path) -> Iterator[MinioInfo]:
         yield server.start()
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def kube(state_dir: Path, log_dir: Path) -> Iterator[KubeInfo]:
+    """etcd + kube-apiserver + kube-controller-manager (no nodes); admin access.
+
+    Yields a :class:`KubeInfo`: ``kubeconfig`` (system:masters), ``server``,
+    ``ca_path``, ``kubectl``, ``request()`` and ``mint_sa_kubeconfig()``.
+    Teardown fails the session if stopping left a process, port or directory.
+    """
+    cluster = KubeCluster(state_dir / "kube", log_dir)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+    assert not cluster.leftovers(), cluster.leftovers()
+
+
+@pytest.fixture(scope="session")
+def kube_api(kube: KubeInfo) -> Iterator[Any]:
+    """A ``kubernetes.client.ApiClient`` authenticated as cluster admin."""
+    # Imported here: the unit tier should not pay for the Kubernetes client.
+    from kubernetes import config  # noqa: PLC0415
+
+    client = config.new_client_from_config(config_file=str(kube.kubeconfig))
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def kube_namespace(kube: KubeInfo) -> Iterator[str]:
+    """A fresh namespace whose ``default`` ServiceAccount exists (Pods can be admitted)."""
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    kube.request("POST", "/api/v1/namespaces", {"metadata": {"name": name}})
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            kube.request("GET", f"/api/v1/namespaces/{name}/serviceaccounts/default")
+            break
+        except KubeAPIError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    yield name
+    # Deletion is asynchronous (the namespace controller empties it); no need to wait.
+    kube.request("DELETE", f"/api/v1/namespaces/{name}")

@@ -25,8 +25,8 @@ def cache_dir() -> Path:
 
 def versions() -> dict[str, str]:
     pinned: dict[str, str] = {}
-    for line in VERSIONS_FILE.read_text().splitlines():
-        line = line.strip()
+    for raw in VERSIONS_FILE.read_text().splitlines():
+        line = raw.strip()
         if line and not line.startswith("#") and "=" in line:
             key, _, value = line.partition("=")
             pinned[key] = value
@@ -49,10 +49,8 @@ def component_dir(component: str) -> Path:
 
 def binary(name: str, *, build: bool = True) -> Path:
     """Path of a pinned binary, building its component first if needed."""
-    for component, (_, names) in COMPONENTS.items():
-        if name in names:
-            break
-    else:
+    component = next((c for c, (_, names) in COMPONENTS.items() if name in names), None)
+    if component is None:
         raise KeyError(name)
     directory = component_dir(component)
     if not (directory / ".complete").exists():

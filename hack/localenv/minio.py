@@ -57,7 +57,11 @@ class Minio:
     @property
     def info(self) -> MinioInfo:
         return MinioInfo(
-            "127.0.0.1", self.port, self.console_port, self.access_key, self.secret_key,
+            "127.0.0.1",
+            self.port,
+            self.console_port,
+            self.access_key,
+            self.secret_key,
             self.log_dir / "minio.log",
         )
 
@@ -77,9 +81,14 @@ class Minio:
         self.process = ManagedProcess(
             "minio",
             [
-                str(exe), "server", str(data), "--quiet",
-                "--address", f"127.0.0.1:{self.port}",
-                "--console-address", f"127.0.0.1:{self.console_port}",
+                str(exe),
+                "server",
+                str(data),
+                "--quiet",
+                "--address",
+                f"127.0.0.1:{self.port}",
+                "--console-address",
+                f"127.0.0.1:{self.console_port}",
             ],
             self.log_dir / "minio.log",
             env=env,
@@ -87,7 +96,7 @@ class Minio:
         )
         self.process.start()
         url = f"http://127.0.0.1:{self.port}/minio/health/ready"
-        self.process.wait_ready(lambda: urllib.request.urlopen(url, timeout=2).status == 200)  # noqa: S310
+        self.process.wait_ready(lambda: urllib.request.urlopen(url, timeout=2).status == 200)
         return self.info
 
     def stop(self) -> None:

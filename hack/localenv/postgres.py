@@ -105,8 +105,17 @@ class Postgres:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         initdb_log = self.log_dir / "postgres-initdb.log"
         cmd = [
-            str(initdb), "-D", str(self.data_dir), "-U", SUPERUSER, "--pwfile", str(pwfile),
-            "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C.UTF-8", "--no-sync",
+            str(initdb),
+            "-D",
+            str(self.data_dir),
+            "-U",
+            SUPERUSER,
+            "--pwfile",
+            str(pwfile),
+            "--auth=scram-sha-256",
+            "--encoding=UTF8",
+            "--locale=C.UTF-8",
+            "--no-sync",
         ]
         with initdb_log.open("wb") as log:
             done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, user=user, check=False)
@@ -118,11 +127,24 @@ class Postgres:
         self.process = ManagedProcess(
             "postgres",
             [
-                str(bindir / "postgres"), "-D", str(self.data_dir), "-p", str(self.port),
-                "-k", str(socket_dir), "-c", "listen_addresses=127.0.0.1",
+                str(bindir / "postgres"),
+                "-D",
+                str(self.data_dir),
+                "-p",
+                str(self.port),
+                "-k",
+                str(socket_dir),
+                "-c",
+                "listen_addresses=127.0.0.1",
                 # Test data is disposable: skip fsync for speed.
-                "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-                "-c", "max_connections=200",
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=200",
             ],
             self.log_dir / "postgres.log",
             user=user,
@@ -131,9 +153,12 @@ class Postgres:
         self.process.start()
         isready = bindir / "pg_isready"
         self.process.wait_ready(
-            lambda: subprocess.run(
-                [str(isready), "-q", "-h", "127.0.0.1", "-p", str(self.port)], check=False
-            ).returncode == 0
+            lambda: (
+                subprocess.run(
+                    [str(isready), "-q", "-h", "127.0.0.1", "-p", str(self.port)], check=False
+                ).returncode
+                == 0
+            )
         )
         return self.info
 

@@ -104,10 +104,19 @@ class ManagedProcess:
             except OSError as exc:
                 raise StartError(f"{self.describe()}: cannot start: {exc}") from exc
 
-    def wait_ready(
-        self, probe: Callable[[], bool], timeout: float = DEFAULT_READY_TIMEOUT
-    ) -> None:
-        """Poll ``probe`` until it returns True; fail fast if the process exits."""
+    def wait_ready(self, probe: Callable[[], bool], timeout: float = DEFAULT_READY_TIMEOUT) -> None:
+        """Poll ``probe`` until it returns True; fail fast if the process exits.
+
+        On failure the process is stopped before StartError is raised, so a
+        failed start never leaves it running.
+        """
+        try:
+            self._wait_ready(probe, timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, probe: Callable[[], bool], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
@@ -153,10 +162,10 @@ def _alive(pid: int) -> bool:
         done, _ = os.waitpid(pid, os.WNOHANG)
         if done == pid:
             return False
+    # A zombie (state Z) has exited; a detached child's zombie waits for PID 1
+    # to reap it, and it still answers kill(pid, 0).
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return False
-    except PermissionError:
-        return True
-    return True
+    return stat.rpartition(")")[2].split()[0] != "Z"

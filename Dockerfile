@@ -1,0 +1,29 @@
+# One non-root image for the operator and the backup/restore runner its Jobs
+# execute. PostgreSQL client tools come from Debian bookworm (15.x): pg_dump
+# must be at least the server's major version.
+#
+# The base is plain debian:bookworm-slim so the image can be built where no
+# registry is reachable (the e2e tier imports a debootstrapped bookworm under
+# exactly this name and tag).
+FROM debian:bookworm-slim
+
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      python3 python3-venv postgresql-client-15 ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+
+COPY pyproject.toml README.md /src/
+COPY operator /src/operator
+RUN python3 -m venv /opt/venv \
+ && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check /src \
+ && rm -rf /src
+
+# 65532 is the conventional "nonroot" UID; the restricted Pod Security
+# Standard needs a non-root user, and the pods run with a read-only root
+# filesystem (no .pyc writes) and an emptyDir on /tmp.
+USER 65532:65532
+ENV PATH=/opt/venv/bin:/usr/local/bin:/usr/bin:/bin \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+ENTRYPOINT ["citus-backup"]
+CMD ["operator"]
