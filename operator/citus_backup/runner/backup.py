@@ -1,0 +1,396 @@
+"""``citus-backup backup``: every database, streamed into one backup set.
+
+Compared with ``pg_dump > file; aws s3 cp; rm`` this:
+
+* never touches local disk: pg_dump's stdout is read in part-size chunks and
+  each part is uploaded while the next one fills (see :mod:`.s3`), so memory
+  is bounded by ``jobs x (max_inflight + 1) x part size``, not the dump size;
+* dumps ``--jobs`` databases at a time (CPU-bound pg_dump compression is the
+  bottleneck, so one per CPU);
+* takes each database's metadata (extensions, Citus distribution, roles and
+  schemas for TOC parsing) in the same snapshot pg_dump uses
+  (``pg_export_snapshot`` + ``pg_dump --snapshot``), so the manifest describes
+  exactly what was dumped;
+* tees the head of every dump into ``pg_restore --list``: the archive is
+  proven readable by stock pg_restore before the object is completed, and the
+  manifest gets its table-of-contents summary;
+* completes an object only if pg_dump exited 0 (otherwise the multipart
+  upload is aborted), stops everything at the first failure, and writes
+  ``manifest.json`` last, so a set is complete exactly when it has one;
+* places the finished set under further tiers by server-side copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import psycopg
+
+from citus_backup import __version__
+from citus_backup.errors import PermanentError
+from citus_backup.runner import layout, pg
+from citus_backup.runner.citus import CITUS_TABLES_QUERY, DIST_NODE_QUERY, citus_metadata
+from citus_backup.runner.config import PgConfig, S3Config
+from citus_backup.runner.manifest import (
+    CitusMetadata,
+    DatabaseEntry,
+    DatabaseProperties,
+    Manifest,
+    ObjectInfo,
+    TocSummary,
+)
+from citus_backup.runner.partsize import DEFAULT_INITIAL_PART_SIZE, PartSchedule
+from citus_backup.runner.progress import DEFAULT_INTERVAL, Progress
+from citus_backup.runner.s3 import Cancelled, S3Store, StreamUploader
+from citus_backup.runner.selection import default_jobs, quote_name, select_databases
+from citus_backup.runner.summary import RunSummary
+from citus_backup.runner.toc import TocParser
+
+log = logging.getLogger("citus_backup.runner")
+
+#: pg_dump's gzip level. 1 costs ~1/3 of the CPU of 6 for output a few
+#: percent larger, and pg_dump's compression is what limits throughput.
+DEFAULT_COMPRESS = "1"
+
+
+@dataclass
+class BackupOptions:
+    backup_id: str | None = None
+    tier: str = layout.DEFAULT_TIER
+    also_tiers: Sequence[str] = ()
+    include: Sequence[str] = ()
+    exclude: Sequence[str] = ()
+    jobs: int | None = None
+    cpus: int = 1
+    compress: str = DEFAULT_COMPRESS
+    part_size: int = DEFAULT_INITIAL_PART_SIZE
+    max_inflight: int = 2
+    create_bucket: bool = False
+    globals: bool = True
+    role_passwords: bool = True
+    lock_wait_timeout: str | None = None
+    progress_interval: float = DEFAULT_INTERVAL
+    now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class TocReader:
+    """Feeds the head of a dump to ``pg_restore --list`` and parses its output."""
+
+    def __init__(self, children: pg.Children, env: dict[str, str], parser: TocParser) -> None:
+        self._parser = parser
+        self._child = children.start(
+            [pg.tool("pg_restore"), "--list"], env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, label="pg_restore --list",
+        )  # fmt: skip
+        self._children = children
+        self._open = True
+        self._thread = threading.Thread(target=self._read, daemon=True, name="toc")
+        self._thread.start()
+
+    def _read(self) -> None:
+        for raw in self._child.stdout:
+            self._parser.feed(raw.decode("utf-8", "replace"))
+
+    def feed(self, data: memoryview) -> None:
+        if self._open:
+            try:
+                self._child.write_all(data)
+            except (BrokenPipeError, ConnectionResetError):
+                # pg_restore has read the table of contents and exited.
+                self._open = False
+
+    def finish(self, what: str) -> TocSummary:
+        self._child.close_stdin()
+        code = self._child.wait()
+        self._thread.join()
+        self._children.done(self._child)
+        if code != 0:
+            error = self._child.failure(f"{what}: the dump is not readable by pg_restore --list")
+            raise PermanentError(str(error), reason="DumpUnreadable")
+        return self._parser.summary()
+
+    def stop(self) -> None:
+        self._child.terminate()
+        self._children.done(self._child)
+
+
+class _Backup:
+    def __init__(
+        self, pg_config: PgConfig, store: S3Store, options: BackupOptions, summary: RunSummary
+    ) -> None:
+        self.pg_config = pg_config
+        self.pg = pg.Pg(pg_config)
+        self.env = pg_config.child_env()
+        self.store = store
+        self.options = options
+        self.summary = summary
+        self.children = pg.Children()
+        self.progress = Progress("backup", options.progress_interval)
+        self.schedule = PartSchedule(options.part_size)
+
+    # ---------------------------------------------------------- streaming
+    def _stream(
+        self,
+        uploader: StreamUploader,
+        key: str,
+        argv: list[str],
+        label: str,
+        what: str,
+        toc: TocReader | None,
+        content_type: str = "application/octet-stream",
+    ) -> tuple[ObjectInfo, TocSummary | None]:
+        hasher = hashlib.sha256()
+        counter = self.progress.track(label)
+        child = self.children.start(argv, self.env, stdout=subprocess.PIPE, label=argv[0].rsplit("/", 1)[-1])
+        toc_summary: list[TocSummary] = []
+
+        def on_data(chunk: memoryview) -> None:
+            hasher.update(chunk)
+            counter.add(len(chunk))
+            if toc is not None:
+                toc.feed(chunk)
+
+        def before_complete() -> None:
+            if self.children.cancelled.is_set():
+                raise Cancelled("stopped: the run is being cancelled")
+            if child.wait() != 0:
+                raise child.failure(what)
+            if toc is not None:
+                toc_summary.append(toc.finish(what))
+
+        try:
+            result = uploader.upload(
+                key, child.readinto, on_data, content_type, before_complete=before_complete
+            )
+        except BaseException:
+            child.terminate()
+            if toc is not None:
+                toc.stop()
+            raise
+        finally:
+            self.children.done(child)
+        self.progress.finish(counter)
+        name = key.rsplit("/", 1)[-1]
+        info = ObjectInfo(name=name, size=result.size, sha256=hasher.hexdigest())
+        return info, (toc_summary[0] if toc_summary else None)
+
+    def dump_globals(self, uploader: StreamUploader, location: layout.SetLocation) -> ObjectInfo:
+        argv = [pg.tool("pg_dumpall"), "--globals-only", "-w",
+                "-d", self.pg_config.conninfo(self.pg_config.maintenance_db)]  # fmt: skip
+        if not self.options.role_passwords:
+            argv.append("--no-role-passwords")
+        info, _ = self._stream(
+            uploader, location.key(layout.GLOBALS_NAME), argv, "globals",
+            "pg_dumpall --globals-only", None, "application/sql",
+        )  # fmt: skip
+        return info
+
+    def dump_database(
+        self,
+        uploader: StreamUploader,
+        location: layout.SetLocation,
+        name: str,
+        props: DatabaseProperties,
+    ) -> DatabaseEntry:
+        shown = quote_name(name)
+        started = _now()
+        with self.pg.session(name, autocommit=False) as conn:
+            snapshot = self._export_snapshot(conn, shown)
+            exts = pg.extensions(conn)
+            schemas, roles = pg.schemas_and_roles(conn)
+            citus = self._citus(conn, shown, {e.name: e.version for e in exts})
+            argv = [pg.tool("pg_dump"), "-Fc", f"--compress={self.options.compress}", "-w"]
+            if snapshot:
+                argv += ["--snapshot", snapshot]
+            if self.options.lock_wait_timeout:
+                argv += ["--lock-wait-timeout", self.options.lock_wait_timeout]
+            argv += ["-d", self.pg_config.conninfo(name)]
+            toc = TocReader(self.children, self.env, TocParser(schemas, roles))
+            info, toc_summary = self._stream(
+                uploader, location.key(layout.dump_object_name(name)), argv, shown,
+                f"pg_dump of database {shown}", toc,
+            )  # fmt: skip
+            conn.rollback()
+        assert toc_summary is not None
+        return DatabaseEntry(
+            name=name,
+            object=info,
+            properties=props,
+            toc=toc_summary,
+            extensions=tuple(exts),
+            citus=citus,
+            started_at=started,
+            finished_at=_now(),
+        )
+
+    def _export_snapshot(self, conn: pg.Connection, shown: str) -> str | None:
+        """A snapshot for pg_dump, so metadata and dump agree (None: not possible)."""
+        try:
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            conn.read_only = True
+            row = conn.execute("SELECT pg_export_snapshot()").fetchone()
+        except psycopg.Error as exc:
+            log.warning("database %s: cannot export a snapshot (%s); metadata is read "
+                        "separately from the dump", shown, pg.one_line(str(exc)))  # fmt: skip
+            conn.rollback()
+            return None
+        return str(row[0]) if row else None
+
+    def _citus(
+        self, conn: pg.Connection, shown: str, extensions: dict[str, str]
+    ) -> CitusMetadata | None:
+        if "citus" not in extensions:
+            return None
+        with pg.errors_as(f"read Citus metadata of database {shown}"):
+            tables = pg.rows_as_dicts(conn, CITUS_TABLES_QUERY)
+            nodes = pg.rows_as_dicts(conn, DIST_NODE_QUERY)
+        return citus_metadata(extensions["citus"], tables, nodes)
+
+    # ---------------------------------------------------------------- run
+    def run(self) -> Manifest:
+        options = self.options
+        started = options.now()
+        backup_id = layout.validate_backup_id(options.backup_id or layout.new_backup_id(started))
+        tier = layout.validate_tier(options.tier)
+        also = [layout.validate_tier(t) for t in dict.fromkeys(options.also_tiers) if t != tier]
+        location = layout.make_location(self.store.config.prefix, tier, backup_id)
+        self.summary.backup_id = backup_id
+        self.summary.location = location.url(self.store.bucket)
+        self.summary.tiers = [tier, *also]
+
+        with self.pg.session(self.pg_config.maintenance_db) as conn:
+            server = pg.server_info(conn)
+            names = select_databases(pg.list_databases(conn), options.include, options.exclude)
+            props = {name: pg.database_properties(conn, name, server.version_num) for name in names}
+        pg_dump_version = pg.tool_version("pg_dump")
+        for tool in ("pg_dumpall", "pg_restore"):
+            pg.tool(tool)
+
+        self.store.check_bucket(create=options.create_bucket)
+        for t in [tier, *also]:
+            if self.store.stat(location.in_tier(t).key(layout.MANIFEST_NAME)) is not None:
+                raise PermanentError(
+                    f"backup set {location.in_tier(t).url(self.store.bucket)} already exists "
+                    "and is complete; choose another --backup-id",
+                    reason="BackupExists",
+                )
+        jobs = options.jobs or default_jobs(options.cpus, len(names))
+        log.info(
+            "backup %s: %d database(s) from %s with %d job(s) to %s", backup_id, len(names),
+            self.pg.where, jobs, location.url(self.store.bucket),
+        )  # fmt: skip
+        started_doc = {
+            "backupId": backup_id, "tier": tier, "tiers": [tier, *also],
+            "startedAt": started.isoformat().replace("+00:00", "Z"),
+            "toolVersion": __version__, "databases": names,
+        }  # fmt: skip
+        self.store.put_bytes(
+            location.key(layout.STARTED_NAME),
+            json.dumps(started_doc, ensure_ascii=False).encode(), "application/json",
+        )
+
+        entries: dict[str, DatabaseEntry] = {}
+        globals_info: ObjectInfo | None = None
+        with (
+            ThreadPoolExecutor(jobs * options.max_inflight, "upload") as upload_pool,
+            ThreadPoolExecutor(jobs, "dump") as dump_pool,
+            self.progress,
+        ):
+            uploader = StreamUploader(
+                self.store, upload_pool, self.schedule, options.max_inflight,
+                self.children.cancelled,
+            )  # fmt: skip
+            try:
+                if options.globals:
+                    globals_info = self.dump_globals(uploader, location)
+                futures: dict[Future[DatabaseEntry], str] = {
+                    dump_pool.submit(self.dump_database, uploader, location, name, props[name]):
+                    name for name in names
+                }  # fmt: skip
+                self._wait(futures)
+                for future, name in futures.items():
+                    entries[name] = future.result()
+            except BaseException:
+                self.children.cancel()
+                raise
+
+        manifest = Manifest(
+            backup_id=backup_id,
+            tier=tier,
+            tiers=(tier, *also),
+            started_at=started,
+            finished_at=options.now(),
+            tool_version=__version__,
+            server_version=server.version,
+            server_version_num=server.version_num,
+            pg_dump_version=pg_dump_version,
+            compression=options.compress,
+            globals=globals_info,
+            databases=tuple(entries[name] for name in names),
+        )
+        self.summary.databases = {e.name: e.object.size for e in manifest.databases}
+        self.summary.total_size = manifest.total_size
+        if globals_info is not None:
+            self.summary.extra["globalsSize"] = globals_info.size
+        self.store.put_bytes(
+            location.key(layout.MANIFEST_NAME), manifest.to_json(), "application/json"
+        )
+        log.info("backup %s complete: %s", backup_id, location.url(self.store.bucket))
+        for t in also:
+            self.copy_to_tier(location, manifest, t)
+        return manifest
+
+    def _wait(self, futures: dict[Future[DatabaseEntry], str]) -> None:
+        """Wait for all dumps; at the first failure stop the others, raise it."""
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for future in done:
+                error = future.exception()
+                if error is not None:
+                    self.children.cancel()
+                    wait(pending)
+                    raise error
+
+    def copy_to_tier(self, location: layout.SetLocation, manifest: Manifest, tier: str) -> None:
+        """Server-side copy of the set to ``tier``; its manifest is copied last."""
+        target = location.in_tier(tier)
+        objects: list[tuple[str, int]] = [(layout.STARTED_NAME, 0)]
+        if manifest.globals is not None:
+            objects.append((manifest.globals.name, manifest.globals.size))
+        objects += [(e.object.name, e.object.size) for e in manifest.databases]
+        for name, size in objects:
+            self.store.copy(location.key(name), target.key(name), size)
+        self.store.copy(location.key(layout.MANIFEST_NAME), target.key(layout.MANIFEST_NAME), 0)
+        log.info("backup %s copied to tier %s: %s", manifest.backup_id, tier,
+                 target.url(self.store.bucket))  # fmt: skip
+
+
+def run_backup(
+    pg_config: PgConfig,
+    s3_config: S3Config,
+    options: BackupOptions,
+    summary: RunSummary,
+    store: S3Store | None = None,
+) -> Manifest:
+    """Run one backup; raises :class:`~citus_backup.errors.CitusBackupError` on failure."""
+    jobs = options.jobs or options.cpus
+    store = store or S3Store(s3_config, max_connections=jobs * options.max_inflight + 4)
+    started = time.monotonic()
+    try:
+        return _Backup(pg_config, store, options, summary).run()
+    finally:
+        summary.duration_seconds = time.monotonic() - started

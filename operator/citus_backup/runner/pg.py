@@ -1,0 +1,589 @@
+"""PostgreSQL side of the runner: catalog queries and the pg_dump family.
+
+Why this shape:
+
+* In-process queries use psycopg with every name composed through
+  :class:`psycopg.sql.Identifier` or passed as a bind parameter, so database
+  names with quotes, spaces or non-ASCII characters are data, never SQL.
+* pg_dump/pg_dumpall/pg_restore/psql run from argument lists (no shell); the
+  database is given as a quoted conninfo string (``dbname='...'``), so a name
+  containing ``=`` or starting with ``postgresql://`` or ``-`` is not
+  reinterpreted; the password travels in the child's environment only.
+* libpq's and the tools' error text is classified into the project's errors
+  (wrong password: permanent; server unreachable: transient) and reduced to
+  one line.
+* The in-place swap of a database (:func:`swap_databases`) is the one place
+  that disconnects other sessions; see its docstring.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from citus_backup.errors import CitusBackupError, PermanentError, TransientError
+from citus_backup.runner.config import PgConfig
+from citus_backup.runner.manifest import AclItem, DatabaseProperties, Extension, RoleSetting
+from citus_backup.runner.selection import quote_name
+
+log = logging.getLogger("citus_backup.runner")
+
+#: Linux F_SETPIPE_SZ: bigger pipes mean fewer wake-ups per MiB streamed.
+_F_SETPIPE_SZ = 1031
+PIPE_SIZE = 1024 * 1024
+STDERR_LINES = 40
+#: How long the swap waits for terminated sessions to go away, per attempt.
+TERMINATE_WAIT = 10.0
+SWAP_ATTEMPTS = 5
+
+Connection = psycopg.Connection[Any]
+
+_UNREACHABLE = (
+    "connection refused",
+    "could not connect",
+    "timeout expired",
+    "could not translate host name",
+    "no route to host",
+    "network is unreachable",
+    "server closed the connection unexpectedly",
+    "connection timed out",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "terminating connection due to administrator command",
+    "sorry, too many clients already",
+    "remaining connection slots are reserved",
+    "no such file or directory",
+)
+_AUTH = (
+    "password authentication failed",
+    "no password supplied",
+    "fe_sendauth",
+    "pg_hba.conf",
+    "authentication failed",
+    "peer authentication failed",
+)
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def libpq_detail(text: str) -> str:
+    """The useful part of a libpq/tool error: ``FATAL:  password ...`` -> ``password ...``."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    for line in lines:
+        for marker in ("FATAL:", "ERROR:"):
+            if marker in line:
+                return one_line(line.split(marker, 1)[1])
+    for line in lines:
+        if "error:" in line:
+            return one_line(line.split("error:", 1)[1])
+    return one_line(lines[-1]) if lines else "unknown error"
+
+
+def classify(text: str, what: str) -> CitusBackupError:
+    """A libpq or pg tool error message about ``what`` as the project's error."""
+    lowered = text.lower()
+    detail = libpq_detail(text)
+    if any(marker in lowered for marker in _AUTH):
+        return PermanentError(f"{what}: authentication failed: {detail}", reason="AuthenticationFailed")
+    if re.search(r'role ".*" does not exist', lowered) and "fatal" in lowered:
+        return PermanentError(f"{what}: authentication failed: {detail}", reason="AuthenticationFailed")
+    if re.search(r'database ".*" does not exist', lowered):
+        return PermanentError(f"{what}: {detail}", reason="DatabaseNotFound")
+    if "server version mismatch" in lowered or "aborting because of server version" in lowered:
+        return PermanentError(f"{what}: {detail}", reason="VersionMismatch")
+    if "ssl" in lowered and ("certificate" in lowered or "ssl error" in lowered):
+        return PermanentError(f"{what}: TLS error: {detail}", reason="DatabaseTLSError")
+    if any(marker in lowered for marker in _UNREACHABLE):
+        return TransientError(f"{what}: PostgreSQL unreachable: {detail}", reason="DatabaseUnreachable")
+    return PermanentError(f"{what}: {detail}", reason="DatabaseError")
+
+
+def translate(exc: BaseException, what: str) -> CitusBackupError:
+    if isinstance(exc, CitusBackupError):
+        return exc
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        return PermanentError(f"{what}: {one_line(str(exc))}", reason="InsufficientPrivilege")
+    if isinstance(exc, psycopg.errors.ObjectInUse):
+        return TransientError(f"{what}: {one_line(str(exc))}", reason="DatabaseInUse")
+    if isinstance(exc, psycopg.OperationalError):
+        return classify(str(exc), what)
+    if isinstance(exc, psycopg.Error):
+        return PermanentError(f"{what}: {libpq_detail(str(exc))}", reason="DatabaseError")
+    return PermanentError(f"{what}: {type(exc).__name__}: {one_line(str(exc))}")
+
+
+class Pg:
+    """Connections to one server, with errors translated."""
+
+    def __init__(self, config: PgConfig) -> None:
+        self.config = config
+
+    @property
+    def where(self) -> str:
+        return f"PostgreSQL {self.config.describe()}"
+
+    def connect(self, database: str, autocommit: bool = True) -> Connection:
+        try:
+            return psycopg.connect(
+                autocommit=autocommit, **self.config.connect_kwargs(database)
+            )
+        except Exception as exc:
+            raise translate(
+                exc, f"cannot connect to {self.where} database {quote_name(database)}"
+            ) from exc
+
+    @contextlib.contextmanager
+    def session(self, database: str, autocommit: bool = True) -> Iterator[Connection]:
+        conn = self.connect(database, autocommit)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+
+@contextlib.contextmanager
+def errors_as(what: str) -> Iterator[None]:
+    """Translate psycopg errors raised in the block, naming ``what``."""
+    try:
+        yield
+    except CitusBackupError:
+        raise
+    except psycopg.Error as exc:
+        raise translate(exc, what) from exc
+
+
+# ---------------------------------------------------------------- catalog
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    version: str
+    version_num: int
+
+
+def server_info(conn: Connection) -> ServerInfo:
+    with errors_as("read server version"):
+        row = conn.execute(
+            "SELECT current_setting('server_version'), current_setting('server_version_num')::int"
+        ).fetchone()
+    assert row is not None
+    return ServerInfo(str(row[0]), int(row[1]))
+
+
+def list_databases(conn: Connection) -> list[str]:
+    """Databases worth backing up: not templates, accepting connections."""
+    with errors_as("list databases"):
+        rows = conn.execute(
+            "SELECT datname FROM pg_database WHERE NOT datistemplate AND datallowconn "
+            "ORDER BY datname"
+        ).fetchall()
+    return [str(row[0]) for row in rows]
+
+
+def all_database_names(conn: Connection) -> set[str]:
+    with errors_as("list databases"):
+        rows = conn.execute("SELECT datname FROM pg_database").fetchall()
+    return {str(row[0]) for row in rows}
+
+
+def _props_query(version_num: int) -> str:
+    if version_num >= 170000:
+        locale = "d.datlocprovider::text AS provider, d.datlocale AS icu_locale"
+    elif version_num >= 150000:
+        locale = "d.datlocprovider::text AS provider, d.daticulocale AS icu_locale"
+    else:
+        locale = "'c'::text AS provider, NULL::text AS icu_locale"
+    return (
+        "SELECT pg_get_userbyid(d.datdba) AS owner, pg_encoding_to_char(d.encoding) AS encoding,"
+        " d.datcollate AS collate, d.datctype AS ctype, "
+        + locale
+        + ", d.datconnlimit AS connlimit, t.spcname AS tablespace,"
+        " shobj_description(d.oid, 'pg_database') AS comment, d.datacl IS NULL AS default_acl"
+        " FROM pg_database d JOIN pg_tablespace t ON t.oid = d.dattablespace"
+        " WHERE d.datname = %s"
+    )
+
+
+_PROVIDERS = {"c": "libc", "i": "icu", "b": "builtin"}
+
+
+def database_properties(conn: Connection, name: str, version_num: int) -> DatabaseProperties:
+    with errors_as(f"read properties of database {quote_name(name)}"):
+        cur = conn.cursor(row_factory=dict_row)
+        row = cur.execute(_props_query(version_num), (name,)).fetchone()
+        if row is None:
+            raise PermanentError(
+                f"database {quote_name(name)} does not exist", reason="DatabaseNotFound"
+            )
+        acl: tuple[AclItem, ...] | None = None
+        if not row["default_acl"]:
+            acl_rows = cur.execute(
+                "SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END"
+                " AS grantee, a.privilege_type, a.is_grantable"
+                " FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = %s"
+                " ORDER BY 1 NULLS FIRST, 2",
+                (name,),
+            ).fetchall()
+            acl = tuple(
+                AclItem(grantee=r["grantee"], privilege=r["privilege_type"],
+                        grantable=r["is_grantable"])
+                for r in acl_rows
+            )  # fmt: skip
+        setting_rows = cur.execute(
+            "SELECT CASE WHEN s.setrole = 0 THEN NULL ELSE pg_get_userbyid(s.setrole) END AS role,"
+            " s.setconfig FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase"
+            " WHERE d.datname = %s ORDER BY 1 NULLS FIRST",
+            (name,),
+        ).fetchall()
+    settings: tuple[str, ...] = ()
+    role_settings: list[RoleSetting] = []
+    for r in setting_rows:
+        values = tuple(r["setconfig"] or ())
+        if r["role"] is None:
+            settings = values
+        else:
+            role_settings.append(RoleSetting(role=r["role"], settings=values))
+    return DatabaseProperties(
+        owner=row["owner"],
+        encoding=row["encoding"],
+        collate=row["collate"],
+        ctype=row["ctype"],
+        locale_provider=_PROVIDERS.get(row["provider"], "libc"),
+        icu_locale=row["icu_locale"],
+        connection_limit=row["connlimit"],
+        tablespace=row["tablespace"],
+        comment=row["comment"],
+        acl=acl,
+        settings=settings,
+        role_settings=tuple(role_settings),
+    )
+
+
+def extensions(conn: Connection) -> list[Extension]:
+    with errors_as("list extensions"):
+        rows = conn.execute(
+            "SELECT e.extname, e.extversion, n.nspname FROM pg_extension e"
+            " JOIN pg_namespace n ON n.oid = e.extnamespace ORDER BY 1"
+        ).fetchall()
+    return [Extension(name=r[0], version=r[1], schema=r[2]) for r in rows]
+
+
+def schemas_and_roles(conn: Connection) -> tuple[list[str], list[str]]:
+    """Names that disambiguate ``pg_restore --list`` lines (see :mod:`.toc`)."""
+    with errors_as("list schemas and roles"):
+        schemas = [str(r[0]) for r in conn.execute("SELECT nspname FROM pg_namespace")]
+        roles = [str(r[0]) for r in conn.execute("SELECT rolname FROM pg_roles")]
+    return schemas, roles
+
+
+def rows_as_dicts(conn: Connection, query: str) -> list[dict[str, Any]]:
+    cur = conn.cursor(row_factory=dict_row)
+    return list(cur.execute(query).fetchall())
+
+
+def role_exists(conn: Connection, role: str) -> bool:
+    with errors_as(f"look up role {quote_name(role)}"):
+        return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is not None
+
+
+def current_user(conn: Connection) -> str:
+    row = conn.execute("SELECT current_user").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def table_exists(conn: Connection, schema: str, name: str) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relname = %s",
+        (schema, name),
+    ).fetchone()
+    return row is not None
+
+
+def schema_exists(conn: Connection, schema: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() is not None
+
+
+# ------------------------------------------------------ database lifecycle
+
+
+def execute(conn: Connection, statement: sql.Composable, what: str) -> None:
+    with errors_as(what):
+        conn.execute(statement)
+
+
+def drop_database(conn: Connection, name: str, version_num: int) -> None:
+    """Drop ``name``, disconnecting its sessions (``WITH (FORCE)`` on PG13+)."""
+    if version_num >= 130000:
+        statement = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+    else:  # pragma: no cover - PG13+ is what Citus 11+ runs on
+        terminate_backends(conn, name)
+        statement = sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name))
+    execute(conn, statement, f"drop database {quote_name(name)}")
+
+
+def terminate_backends(conn: Connection, name: str) -> int:
+    """Terminate every other session on ``name`` (clients and background workers)."""
+    with errors_as(f"terminate sessions on database {quote_name(name)}"):
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        ).fetchall()
+    return len(rows)
+
+
+def _sessions(conn: Connection, name: str) -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+        (name,),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def set_allow_connections(conn: Connection, name: str, allow: bool) -> None:
+    execute(
+        conn,
+        sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}").format(
+            sql.Identifier(name), sql.SQL("true" if allow else "false")
+        ),
+        f"{'allow' if allow else 'block'} connections to database {quote_name(name)}",
+    )
+
+
+def rename_database(conn: Connection, old: str, new: str) -> None:
+    execute(
+        conn,
+        sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new)),
+        f"rename database {quote_name(old)} to {quote_name(new)}",
+    )
+
+
+def swap_databases(conn: Connection, target: str, replacement: str, old_name: str) -> None:
+    """Atomically make ``replacement`` the database called ``target``.
+
+    1. ``ALTER DATABASE target ALLOW_CONNECTIONS false``: no new session
+       (client or background worker) can connect from now on;
+    2. ``pg_terminate_backend`` every session still on it and wait for them
+       to exit;
+    3. in ONE transaction, ``target -> old_name`` and ``replacement -> target``
+       (ALTER DATABASE RENAME is transactional): other sessions see either the
+       old database or the new one under the name, never neither.
+
+    A session that sneaks in (an extension's worker that bypasses
+    ALLOW_CONNECTIONS) makes the rename fail with "being accessed by other
+    users": the loop terminates and retries. If the swap cannot be done, the
+    old database keeps its name and gets its connections back. The old
+    database is left as ``old_name`` (still refusing connections) for the
+    caller to drop or keep.
+    """
+    set_allow_connections(conn, target, False)
+    try:
+        for attempt in range(1, SWAP_ATTEMPTS + 1):
+            terminated = terminate_backends(conn, target)
+            deadline = time.monotonic() + TERMINATE_WAIT
+            while _sessions(conn, target) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            try:
+                with conn.transaction():
+                    conn.execute(
+                        sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                            sql.Identifier(target), sql.Identifier(old_name)
+                        )
+                    )
+                    conn.execute(
+                        sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                            sql.Identifier(replacement), sql.Identifier(target)
+                        )
+                    )
+            except psycopg.errors.ObjectInUse as exc:
+                log.info(
+                    "swap of database %s: still in use after terminating %d session(s)"
+                    " (attempt %d/%d)", quote_name(target), terminated, attempt, SWAP_ATTEMPTS,
+                )
+                if attempt == SWAP_ATTEMPTS:
+                    raise translate(exc, f"swap database {quote_name(target)}") from exc
+                continue
+            except psycopg.Error as exc:
+                raise translate(exc, f"swap database {quote_name(target)}") from exc
+            log.info(
+                "swapped database %s (terminated %d session(s)); previous one is %s",
+                quote_name(target), terminated, quote_name(old_name),
+            )
+            return
+    except BaseException:
+        with contextlib.suppress(CitusBackupError):
+            set_allow_connections(conn, target, True)
+        raise
+
+
+# ------------------------------------------------------------ subprocesses
+
+
+def tool(name: str) -> str:
+    """Absolute path of a PostgreSQL client tool ($PG_BINDIR, else PATH)."""
+    bindir = os.environ.get("PG_BINDIR")
+    if bindir:
+        candidate = os.path.join(bindir, name)
+        if os.access(candidate, os.X_OK):
+            return candidate
+    found = shutil.which(name)
+    if not found:
+        raise PermanentError(
+            f"{name} not found in PATH (install the PostgreSQL client or set PG_BINDIR)",
+            reason="ToolNotFound",
+        )
+    return found
+
+
+def tool_version(name: str) -> str:
+    done = subprocess.run([tool(name), "--version"], capture_output=True, text=True, check=False)
+    return done.stdout.strip() or done.stderr.strip()
+
+
+def _enlarge_pipe(stream: IO[bytes] | None) -> None:
+    if stream is not None:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(stream.fileno(), _F_SETPIPE_SZ, PIPE_SIZE)
+
+
+class Child:
+    """A child process with argv (no shell), its stderr tail kept by a thread."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        env: dict[str, str],
+        *,
+        stdin: int | IO[bytes] | None = subprocess.DEVNULL,
+        stdout: int | None = subprocess.DEVNULL,
+        label: str,
+        stderr_lines: int = STDERR_LINES,
+    ) -> None:
+        self.label = label
+        self.argv = list(argv)
+        self._stderr: deque[str] = deque(maxlen=stderr_lines)
+        try:
+            self.proc = subprocess.Popen(
+                self.argv, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=env,
+                bufsize=0, close_fds=True,
+            )  # fmt: skip
+        except OSError as exc:
+            raise PermanentError(f"{label}: cannot start {argv[0]}: {exc}", reason="ToolFailed") from exc
+        _enlarge_pipe(self.proc.stdout)
+        _enlarge_pipe(self.proc.stdin)
+        self._reader = threading.Thread(target=self._read_stderr, daemon=True, name=f"{label}-stderr")
+        self._reader.start()
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip()
+            if line:
+                self._stderr.append(line)
+
+    @property
+    def stdout(self) -> IO[bytes]:
+        assert self.proc.stdout is not None
+        return self.proc.stdout
+
+    def readinto(self, buffer: memoryview) -> int:
+        return self.stdout.readinto(buffer) or 0
+
+    def write_all(self, data: bytes | memoryview) -> None:
+        """Write everything to stdin; BrokenPipeError when the child has closed it."""
+        assert self.proc.stdin is not None
+        fd = self.proc.stdin.fileno()
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+
+    def close_stdin(self) -> None:
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+
+    def wait(self) -> int:
+        code = self.proc.wait()
+        self._reader.join(timeout=5)
+        return code
+
+    def terminate(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.close_stdin()
+        if self.proc.stdout is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdout.close()
+
+    def stderr_text(self) -> str:
+        self._reader.join(timeout=5)
+        return "\n".join(self._stderr)
+
+    def failure(self, what: str) -> CitusBackupError:
+        """The child's error (it exited non-zero) as a one-line project error."""
+        code = self.proc.returncode
+        text = self.stderr_text()
+        error = classify(text, what) if text else PermanentError(
+            f"{what}: {self.label} exited with code {code}", reason="ToolFailed"
+        )
+        if error.reason == "DatabaseError":
+            error = PermanentError(
+                f"{what}: {self.label} exited with code {code}: {libpq_detail(text)}",
+                reason="ToolFailed",
+            )
+        return error
+
+
+class Children:
+    """Every child of a run, so a cancel can stop them all."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._children: set[Child] = set()
+        self.cancelled = threading.Event()
+
+    def start(self, argv: Sequence[str], env: dict[str, str], **kwargs: Any) -> Child:
+        if self.cancelled.is_set():
+            raise TransientError("stopped: the run is being cancelled", reason="Cancelled")
+        child = Child(argv, env, **kwargs)
+        with self._lock:
+            self._children.add(child)
+        return child
+
+    def done(self, child: Child) -> None:
+        with self._lock:
+            self._children.discard(child)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        with self._lock:
+            children = list(self._children)
+        for child in children:
+            child.terminate()
