@@ -95,7 +95,9 @@ def test_names_scope_columns(crds: dict[str, dict[str, Any]]) -> None:
         assert spec["names"]["shortNames"] == short
         assert spec["names"]["categories"] == ["citus-backup"]
         (version,) = spec["versions"]
-        assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
+        assert version["name"] == "v1alpha1"
+        assert version["served"]
+        assert version["storage"]
         assert version["subresources"] == {"status": {}}
         shown = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
         assert shown == [*columns[kind], "Age"]
@@ -103,7 +105,9 @@ def test_names_scope_columns(crds: dict[str, dict[str, Any]]) -> None:
 
 def test_category_does_not_shadow_a_kind_name(crds: dict[str, dict[str, Any]]) -> None:
     # kubectl expands categories before singular names: `kubectl get citusbackup x` must work.
-    names = {n for crd in crds.values() for n in crd["spec"]["names"].values() if isinstance(n, str)}
+    names = {
+        n for crd in crds.values() for n in crd["spec"]["names"].values() if isinstance(n, str)
+    }
     for crd in crds.values():
         assert not set(crd["spec"]["names"]["categories"]) & names
 
@@ -123,12 +127,18 @@ def test_cel_rules(crds: dict[str, dict[str, Any]]) -> None:
     assert (".spec", "self == oldSelf") in restore
     assert (".spec", "self == oldSelf") in {(p, r) for p, r, _ in rules["CitusBackup"]}
     policy_paths = {p for p, _, _ in rules["CitusBackupPolicy"]}
-    assert {"", ".spec.retention", ".spec.retention.daily", ".spec.storage", ".spec.storage.ca"} <= (
-        policy_paths
-    )
+    assert {
+        "",
+        ".spec.retention",
+        ".spec.retention.daily",
+        ".spec.storage",
+        ".spec.storage.ca",
+    } <= (policy_paths)
     for kind_rules in rules.values():
         for _, rule, message in kind_rules:
-            assert rule and message and not message.endswith(".")
+            assert rule
+            assert message
+            assert not message.endswith(".")
 
 
 def test_defaults_match_the_models(crds: dict[str, dict[str, Any]]) -> None:
@@ -162,9 +172,10 @@ def test_defaults_match_the_models(crds: dict[str, dict[str, Any]]) -> None:
         assert model.model_validate(defaulted) == model.model_validate(spec)
     # Without retention the API server stores none; the model reads that as preset standard.
     without = {k: v for k, v in minimal_policy.items() if k != "retention"}
-    assert "default" not in schema_of(crds["CitusBackupPolicy"])["properties"]["spec"][
-        "properties"
-    ]["retention"]
+    assert (
+        "default"
+        not in schema_of(crds["CitusBackupPolicy"])["properties"]["spec"]["properties"]["retention"]
+    )
     policy = CitusBackupPolicySpec.model_validate(without)
     assert policy.retention.preset == "standard"
 
@@ -231,4 +242,5 @@ def test_cli_writes_and_checks(tmp_path: Path, capsys: pytest.CaptureFixture[str
     (out / "extra.yaml").write_text("{}\n")
     assert cli.main(["crds", "--output", str(out), "--check"]) == 1
     err = capsys.readouterr().err
-    assert "citusbackups.yaml: differs" in err and "extra.yaml: not generated" in err
+    assert "citusbackups.yaml: differs" in err
+    assert "extra.yaml: not generated" in err

@@ -107,7 +107,7 @@ def test_policy_defaults() -> None:
     assert spec.storage.secure is True
     assert spec.storage.prefix == "citus"
     assert spec.retention.preset == "standard"
-    assert (spec.dump.jobs, spec.dump.compression) == (1, 6)
+    assert (spec.dump.jobs, spec.dump.compression) == (None, 1)
     assert spec.delete_data_on_policy_deletion is False
     assert spec.job_template.backoff_limit == 1
     assert spec.job_template.ttl_seconds_after_finished == 86400
@@ -326,6 +326,11 @@ CROSS_FIELD_CASES: list[tuple[type[BaseModel], dict[str, Any], str]] = [
         {"policyName": "p", "databases": ["a", "b"], "schemas": ["s"]},
         "schemas requires exactly one entry in databases",
     ),
+    (
+        CitusRestoreSpec,
+        {"policyName": "p", "databases": ["a"], "schemas": ["s"], "tables": ["s.t"]},
+        "tables and schemas are mutually exclusive (name tables as schema.table)",
+    ),
 ]
 
 
@@ -343,8 +348,11 @@ def test_restore_valid_combinations() -> None:
             "databases": ["app1"],
             "targetDatabase": "app1_restored",
             "tables": ["public.orders"],
-            "schemas": ["public"],
         }
+    )
+    assert spec.effective_globals is False
+    spec = CitusRestoreSpec.model_validate(
+        {"backupName": "b", "databases": ["app1"], "schemas": ["public", "audit"]}
     )
     assert spec.effective_globals is False
     assert CitusRestoreSpec.model_validate({"backupName": "b", "tables": []}).is_full_restore
@@ -409,18 +417,24 @@ def test_set_condition_keeps_transition_time_when_status_unchanged() -> None:
     conditions = set_condition(conditions, failed)
     assert conditions[0].last_transition_time == t1
     assert conditions[0].status == "False"
-    last = make_condition(ConditionType.LAST_BACKUP_SUCCEEDED, None, Reason.NO_BACKUP_YET, "", now=t1)
+    last = make_condition(
+        ConditionType.LAST_BACKUP_SUCCEEDED, None, Reason.NO_BACKUP_YET, "", now=t1
+    )
     conditions = set_condition(conditions, last)
     assert [c.type for c in conditions] == ["Ready", "LastBackupSucceeded"]
     found = find_condition(conditions, "LastBackupSucceeded")
-    assert found is not None and found.status == "Unknown"
+    assert found is not None
+    assert found.status == "Unknown"
     assert find_condition(conditions, "Nope") is None
 
 
 def test_reasons_are_camel_case_and_valid() -> None:
     for reason in Reason:
-        Condition(type="Ready", status="True", reason=reason, last_transition_time=datetime.now(UTC))
-        assert reason.value[0].isupper() and "_" not in reason.value
+        Condition(
+            type="Ready", status="True", reason=reason, last_transition_time=datetime.now(UTC)
+        )
+        assert reason.value[0].isupper()
+        assert "_" not in reason.value
     assert set().union(*REASONS_BY_CONDITION.values()) == set(Reason)
     for required in ("BackupSucceeded", "BackupFailed", "SecretNotFound", "SecretKeyMissing",
                      "InvalidSpec", "BackupNotFound", "BackupNotSucceeded", "TargetExists",
@@ -430,7 +444,12 @@ def test_reasons_are_camel_case_and_valid() -> None:
 
 def test_condition_rejects_bad_reason() -> None:
     with pytest.raises(ValidationError):
-        Condition(type="Ready", status="True", reason="not a reason", last_transition_time=datetime.now(UTC))
+        Condition(
+            type="Ready",
+            status="True",
+            reason="not a reason",
+            last_transition_time=datetime.now(UTC),
+        )
 
 
 def test_format_time_and_size() -> None:

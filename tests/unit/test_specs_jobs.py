@@ -67,9 +67,14 @@ def full_policy() -> CitusBackupPolicy:
         "image": "registry.example.com/citus-backup:custom",
         "imagePullPolicy": "IfNotPresent",
         "imagePullSecrets": [{"name": "registry-credentials"}],
-        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": 2147483648}},
+        "resources": {
+            "requests": {"cpu": "500m", "memory": "1Gi"},
+            "limits": {"memory": 2147483648},
+        },
         "nodeSelector": {"kubernetes.io/arch": "amd64"},
-        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}],
+        "tolerations": [
+            {"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}
+        ],
         "serviceAccountName": "citus-backup-runner",
         "priorityClassName": "low",
         "activeDeadlineSeconds": 21600,
@@ -127,8 +132,7 @@ CASES: dict[str, Callable[[], V1Job]] = {
             backupName="citus-manual-x7k2p",
             databases=["app1"],
             targetDatabase="app1_restored",
-            tables=["public.orders"],
-            schemas=["public"],
+            tables=["public.orders", "public.order_lines"],
             replace=True,
             globals=True,
             target={
@@ -199,9 +203,7 @@ def test_no_secret_value_or_reference_in_argv_labels_annotations() -> None:
     )
     jobs = [
         build_backup_job(policy, backup(), image=IMAGE, backup_id="20261127T030000Z"),
-        build_restore_job(
-            restore(policyName="citus"), succeeded(backup()), policy, image=IMAGE
-        ),
+        build_restore_job(restore(policyName="citus"), succeeded(backup()), policy, image=IMAGE),
     ]
     for job in jobs:
         container = job.spec.template.spec.containers[0]
@@ -223,7 +225,9 @@ def test_restricted_pod_security() -> None:
         assert pod.security_context.run_as_user == contract.RUNNER_UID
         assert pod.security_context.seccomp_profile.type == "RuntimeDefault"
         assert pod.automount_service_account_token is False
-        assert not pod.host_network and not pod.host_pid and not pod.host_ipc
+        assert not pod.host_network
+        assert not pod.host_pid
+        assert not pod.host_ipc
         for container in pod.containers:
             sc = container.security_context
             assert sc.allow_privilege_escalation is False
@@ -247,7 +251,8 @@ def test_owner_reference_and_labels() -> None:
         "restore-app1",
         "c0ffee00-restore",
     )
-    assert owner.controller is True and owner.block_owner_deletion is True
+    assert owner.controller is True
+    assert owner.block_owner_deletion is True
     labels = job.metadata.labels
     assert labels["app.kubernetes.io/name"] == "citus-backup"
     assert labels["app.kubernetes.io/managed-by"] == "citus-backup-operator"
@@ -276,8 +281,46 @@ def test_restore_globals_default() -> None:
         restore(backupName="citus-202611270300"), succeeded(backup()), sample_policy(), image=IMAGE
     )
     assert "--globals" in full.spec.template.spec.containers[0].args
+    assert "--no-globals" not in full.spec.template.spec.containers[0].args
     partial = CASES["job-restore-sample"]()
     assert "--globals" not in partial.spec.template.spec.containers[0].args
+    assert "--no-globals" in partial.spec.template.spec.containers[0].args
+    no_roles = build_restore_job(
+        restore(backupName="citus-202611270300", globals=False),
+        succeeded(backup()),
+        sample_policy(),
+        image=IMAGE,
+    )
+    assert "--no-globals" in no_roles.spec.template.spec.containers[0].args
+
+
+def test_restore_reads_the_primary_tier() -> None:
+    def tier_arg(job: V1Job) -> str:
+        args = job.spec.template.spec.containers[0].args
+        return str(args[args.index("--tier") + 1])
+
+    weekly = CitusBackup.model_validate(
+        {
+            **backup(tier="weekly").model_dump(mode="json"),
+            "status": {"phase": "Succeeded", "backupId": "x", "tiers": ["weekly", "yearly"]},
+        }
+    )
+    job = build_restore_job(restore(backupName=weekly.name), weekly, full_policy(), image=IMAGE)
+    assert tier_arg(job) == "weekly"
+    # no status.tiers (older status): resolved from the backup's spec and the policy
+    job = build_restore_job(restore(policyName="citus"), succeeded(backup()), sample_policy(),
+                            image=IMAGE)  # fmt: skip
+    assert tier_arg(job) == "daily"
+
+
+def test_restore_of_several_databases_refused_while_the_runner_takes_one() -> None:
+    with pytest.raises(PermanentError, match="one CitusRestore per database"):
+        build_restore_job(
+            restore(policyName="citus", databases=["app1", "app2"]),
+            succeeded(backup()),
+            sample_policy(),
+            image=IMAGE,
+        )
 
 
 def test_backup_tier_must_be_enabled() -> None:
@@ -310,7 +353,10 @@ def test_owner_needs_uid_and_one_namespace() -> None:
     with pytest.raises(ValueError, match="uid"):
         build_backup_job(sample_policy(), no_uid, image=IMAGE, backup_id="x")
     elsewhere = CitusBackup.model_validate(
-        {"metadata": {"name": "b", "namespace": "other", "uid": "u"}, "spec": {"policyName": "citus"}}
+        {
+            "metadata": {"name": "b", "namespace": "other", "uid": "u"},
+            "spec": {"policyName": "citus"},
+        }
     )
     with pytest.raises(ValueError, match="namespace"):
         build_backup_job(sample_policy(), elsewhere, image=IMAGE, backup_id="x")
@@ -321,3 +367,31 @@ def test_long_names_are_shortened() -> None:
     job = build_backup_job(sample_policy(), backup(name), image=IMAGE, backup_id="x")
     assert len(job.metadata.name) <= 63
     assert all(len(v) <= 63 for v in job.metadata.labels.values())
+
+
+# --------------------------------------------------------------------------- runner contract
+
+
+def _env_with_fake_secrets(job: V1Job) -> dict[str, str]:
+    env = {}
+    for var in job.spec.template.spec.containers[0].env:
+        env[var.name] = var.value if var.value is not None else f"fake-{var.name.lower()}"
+    return env
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_runner_accepts_the_job(case: str) -> None:
+    """The runner's own CLI and config parse the argv and environment the Job passes."""
+    runner_config = pytest.importorskip("citus_backup.runner.config")
+    from citus_backup import cli  # noqa: PLC0415
+
+    job = CASES[case]()
+    container = job.spec.template.spec.containers[0]
+    assert container.command == [contract.COMMAND]
+    args = cli.build_parser().parse_args(container.args)
+    assert args.command == container.args[0]
+    env = _env_with_fake_secrets(job)
+    s3 = runner_config.s3_config(env)
+    assert s3.bucket == env["S3_BUCKET"]
+    assert s3.secure is env["S3_ENDPOINT"].startswith("https://")
+    runner_config.pg_config(env)

@@ -49,11 +49,13 @@ def test_scheduled_backup_name_sorts_by_time() -> None:
 def test_safe_dns_label() -> None:
     assert safe_dns_label("citus") == "citus"
     changed = safe_dns_label("Citus_Prod.v2")
-    assert DNS_LABEL.match(changed) and changed.startswith("citus-prod-v2-")
+    assert DNS_LABEL.match(changed)
+    assert changed.startswith("citus-prod-v2-")
     assert safe_dns_label("a.b") != safe_dns_label("a-b")
     assert DNS_LABEL.match(safe_dns_label("...."))
     long = safe_dns_label("a" * 100)
-    assert len(long) == 63 and DNS_LABEL.match(long)
+    assert len(long) == 63
+    assert DNS_LABEL.match(long)
     assert len(safe_dns_label("a" * 100, max_length=20)) == 20
     with pytest.raises(ValueError, match="no room"):
         safe_dns_label("a" * 100, max_length=5)
@@ -74,9 +76,12 @@ def test_job_names() -> None:
     assert backup_job_name("citus-202611270300") == "citus-202611270300-backup"
     assert restore_job_name("restore-app1") == "restore-app1-restore"
     long = backup_job_name("b" * 63)
-    assert len(long) == 63 and long.endswith("-backup") and DNS_LABEL.match(long)
+    assert len(long) == 63
+    assert long.endswith("-backup")
+    assert DNS_LABEL.match(long)
     dotted = restore_job_name("restore.app1")
-    assert DNS_LABEL.match(dotted) and dotted.endswith("-restore")
+    assert DNS_LABEL.match(dotted)
+    assert dotted.endswith("-restore")
     assert backup_job_name("b" * 63) != backup_job_name("b" * 62 + "c")
 
 

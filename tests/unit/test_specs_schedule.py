@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -21,7 +22,6 @@ NEW_YORK = "America/New_York"
 
 def utc(*args: int) -> datetime:
     return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
-
 
 
 def test_utc_daily() -> None:
@@ -75,7 +75,11 @@ def test_hourly_across_changes() -> None:
     assert spring == [utc(2026, 3, 29, h) for h in range(4)]  # 01, 03, 04, 05 local
     fall = fire_times("0 * * * *", MADRID, utc(2026, 10, 24, 22), utc(2026, 10, 25, 4))
     # 02:00 local happens twice; it runs once (00:00Z); no run at 01:00Z
-    assert fall == [utc(2026, 10, 24, 23), utc(2026, 10, 25, 0), *(utc(2026, 10, 25, h) for h in (2, 3, 4))]
+    assert fall == [
+        utc(2026, 10, 24, 23),
+        utc(2026, 10, 25, 0),
+        *(utc(2026, 10, 25, h) for h in (2, 3, 4)),
+    ]
 
 
 def test_wall_times_collapsing_into_one_instant_run_once() -> None:
@@ -89,7 +93,7 @@ def test_next_and_previous_are_consistent_across_a_year() -> None:
     start = utc(2026, 1, 1)
     times = fire_times("30 2 * * *", MADRID, start, utc(2027, 1, 1))
     assert len(times) == 365
-    for earlier, later in zip(times, times[1:], strict=False):
+    for earlier, later in itertools.pairwise(times):
         assert previous_fire_time("30 2 * * *", MADRID, later - timedelta(seconds=1)) == earlier
         assert earlier < later
 
@@ -193,7 +197,8 @@ def test_decide_suspended() -> None:
         starting_deadline_seconds=None,
         suspend=True,
     )
-    assert d.run is None and d.missed is None
+    assert d.run is None
+    assert d.missed is None
 
 
 def test_decide_on_spring_forward_day() -> None:

@@ -388,13 +388,17 @@ DEFAULT_RETENTION: JsonDict = {"preset": "standard"}
 
 
 class DumpOptions(ApiModel):
-    """Options of the dump (pg_dump) the backup Job runs."""
+    """Options of the dump the backup Job runs (pg_dump per database, streamed to S3)."""
 
-    jobs: Annotated[int, Field(ge=1, le=32)] = Field(
-        1, description="Parallel dump jobs per database (pg_dump --jobs)."
+    jobs: Annotated[int, Field(ge=1, le=32)] | None = Field(
+        None,
+        description="Databases dumped (or restored) in parallel; default: the CPUs available "
+        "to the Job, at most 8.",
     )
     compression: Annotated[int, Field(ge=0, le=9)] = Field(
-        6, description="Compression level 0-9 (0: none, 9: smallest and slowest)."
+        1,
+        description="Compression level 0-9 of the dumps (pg_dump --compress; 0: none, "
+        "1: fast, 9: smallest and slowest).",
     )
 
 

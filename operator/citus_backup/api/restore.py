@@ -11,8 +11,8 @@ What is restored:
 * ``targetDatabase``: restore the single database of ``databases`` under
   another name (e.g. ``app1_restored``) to inspect it without touching the
   original.
-* ``tables`` / ``schemas``: only those objects of the single database of
-  ``databases``.
+* ``tables`` / ``schemas`` (one or the other): only those objects of the
+  single database of ``databases``.
 * ``replace``: drop and recreate the target database (or the listed tables /
   schemas) first. Without it the restore fails (reason ``TargetExists``) if
   the target database already exists (or, for a partial restore, if a listed
@@ -60,6 +60,9 @@ BEFORE_MESSAGE = "before can only be used with policyName"
 TARGET_DATABASE_MESSAGE = "targetDatabase requires exactly one entry in databases"
 TABLES_MESSAGE = "tables requires exactly one entry in databases"
 SCHEMAS_MESSAGE = "schemas requires exactly one entry in databases"
+TABLES_OR_SCHEMAS_MESSAGE = (
+    "tables and schemas are mutually exclusive (name tables as schema.table)"
+)
 SPEC_IMMUTABLE_MESSAGE = "spec is immutable"
 
 #: ``schema.table`` or ``table``; quoted identifiers are not supported.
@@ -89,6 +92,11 @@ class CitusRestoreSpec(ApiModel):
                 ),
                 cel(_one_database("tables"), TABLES_MESSAGE),
                 cel(_one_database("schemas"), SCHEMAS_MESSAGE),
+                cel(
+                    "!has(self.tables) || size(self.tables) == 0 || "
+                    "!has(self.schemas) || size(self.schemas) == 0",
+                    TABLES_OR_SCHEMAS_MESSAGE,
+                ),
             ]
         }
     )
@@ -121,13 +129,14 @@ class CitusRestoreSpec(ApiModel):
         (),
         max_length=OBJECT_LIST_MAX,
         description="Restore only these tables (schema.table or table) of the single database "
-        "of databases.",
+        "of databases. Exclusive with schemas.",
         json_schema_extra=list_type_set(),
     )
     schemas: tuple[PgIdentifier, ...] = Field(
         (),
         max_length=OBJECT_LIST_MAX,
-        description="Restore only these schemas of the single database of databases.",
+        description="Restore only these schemas of the single database of databases. "
+        "Exclusive with tables.",
         json_schema_extra=list_type_set(),
     )
     replace: bool = Field(
@@ -171,6 +180,8 @@ class CitusRestoreSpec(ApiModel):
             raise ValueError(TABLES_MESSAGE)
         if self.schemas and not single:
             raise ValueError(SCHEMAS_MESSAGE)
+        if self.tables and self.schemas:
+            raise ValueError(TABLES_OR_SCHEMAS_MESSAGE)
         return self
 
     @property

@@ -92,9 +92,12 @@ class TocReader:
     def __init__(self, children: pg.Children, env: dict[str, str], parser: TocParser) -> None:
         self._parser = parser
         self._child = children.start(
-            [pg.tool("pg_restore"), "--list"], env,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, label="pg_restore --list",
-        )  # fmt: skip
+            [pg.tool("pg_restore"), "--list"],
+            env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            label="pg_restore --list",
+        )
         self._children = children
         self._open = True
         self._thread = threading.Thread(target=self._read, daemon=True, name="toc")
@@ -144,6 +147,7 @@ class _Backup:
     # ---------------------------------------------------------- streaming
     def _stream(
         self,
+        *,
         uploader: StreamUploader,
         key: str,
         argv: list[str],
@@ -154,7 +158,9 @@ class _Backup:
     ) -> tuple[ObjectInfo, TocSummary | None]:
         hasher = hashlib.sha256()
         counter = self.progress.track(label)
-        child = self.children.start(argv, self.env, stdout=subprocess.PIPE, label=argv[0].rsplit("/", 1)[-1])
+        child = self.children.start(
+            argv, self.env, stdout=subprocess.PIPE, label=argv[0].rsplit("/", 1)[-1]
+        )
         toc_summary: list[TocSummary] = []
 
         def on_data(chunk: memoryview) -> None:
@@ -188,14 +194,24 @@ class _Backup:
         return info, (toc_summary[0] if toc_summary else None)
 
     def dump_globals(self, uploader: StreamUploader, location: layout.SetLocation) -> ObjectInfo:
-        argv = [pg.tool("pg_dumpall"), "--globals-only", "-w",
-                "-d", self.pg_config.conninfo(self.pg_config.maintenance_db)]  # fmt: skip
+        argv = [
+            pg.tool("pg_dumpall"),
+            "--globals-only",
+            "-w",
+            "-d",
+            self.pg_config.conninfo(self.pg_config.maintenance_db),
+        ]
         if not self.options.role_passwords:
             argv.append("--no-role-passwords")
         info, _ = self._stream(
-            uploader, location.key(layout.GLOBALS_NAME), argv, "globals",
-            "pg_dumpall --globals-only", None, "application/sql",
-        )  # fmt: skip
+            uploader=uploader,
+            key=location.key(layout.GLOBALS_NAME),
+            argv=argv,
+            label="globals",
+            what="pg_dumpall --globals-only",
+            toc=None,
+            content_type="application/sql",
+        )
         return info
 
     def dump_database(
@@ -220,9 +236,13 @@ class _Backup:
             argv += ["-d", self.pg_config.conninfo(name)]
             toc = TocReader(self.children, self.env, TocParser(schemas, roles))
             info, toc_summary = self._stream(
-                uploader, location.key(layout.dump_object_name(name)), argv, shown,
-                f"pg_dump of database {shown}", toc,
-            )  # fmt: skip
+                uploader=uploader,
+                key=location.key(layout.dump_object_name(name)),
+                argv=argv,
+                label=shown,
+                what=f"pg_dump of database {shown}",
+                toc=toc,
+            )
             conn.rollback()
         assert toc_summary is not None
         return DatabaseEntry(
@@ -243,8 +263,12 @@ class _Backup:
             conn.read_only = True
             row = conn.execute("SELECT pg_export_snapshot()").fetchone()
         except psycopg.Error as exc:
-            log.warning("database %s: cannot export a snapshot (%s); metadata is read "
-                        "separately from the dump", shown, pg.one_line(str(exc)))  # fmt: skip
+            log.warning(
+                "database %s: cannot export a snapshot (%s); metadata is read "
+                "separately from the dump",
+                shown,
+                pg.one_line(str(exc)),
+            )
             conn.rollback()
             return None
         return str(row[0]) if row else None
@@ -289,17 +313,25 @@ class _Backup:
                 )
         jobs = options.jobs or default_jobs(options.cpus, len(names))
         log.info(
-            "backup %s: %d database(s) from %s with %d job(s) to %s", backup_id, len(names),
-            self.pg.where, jobs, location.url(self.store.bucket),
-        )  # fmt: skip
+            "backup %s: %d database(s) from %s with %d job(s) to %s",
+            backup_id,
+            len(names),
+            self.pg.where,
+            jobs,
+            location.url(self.store.bucket),
+        )
         started_doc = {
-            "backupId": backup_id, "tier": tier, "tiers": [tier, *also],
+            "backupId": backup_id,
+            "tier": tier,
+            "tiers": [tier, *also],
             "startedAt": started.isoformat().replace("+00:00", "Z"),
-            "toolVersion": __version__, "databases": names,
-        }  # fmt: skip
+            "toolVersion": __version__,
+            "databases": names,
+        }
         self.store.put_bytes(
             location.key(layout.STARTED_NAME),
-            json.dumps(started_doc, ensure_ascii=False).encode(), "application/json",
+            json.dumps(started_doc, ensure_ascii=False).encode(),
+            "application/json",
         )
 
         entries: dict[str, DatabaseEntry] = {}
@@ -310,16 +342,21 @@ class _Backup:
             self.progress,
         ):
             uploader = StreamUploader(
-                self.store, upload_pool, self.schedule, options.max_inflight,
+                self.store,
+                upload_pool,
+                self.schedule,
+                options.max_inflight,
                 self.children.cancelled,
-            )  # fmt: skip
+            )
             try:
                 if options.globals:
                     globals_info = self.dump_globals(uploader, location)
                 futures: dict[Future[DatabaseEntry], str] = {
-                    dump_pool.submit(self.dump_database, uploader, location, name, props[name]):
-                    name for name in names
-                }  # fmt: skip
+                    dump_pool.submit(
+                        self.dump_database, uploader, location, name, props[name]
+                    ): name
+                    for name in names
+                }
                 self._wait(futures)
                 for future, name in futures.items():
                     entries[name] = future.result()
@@ -375,8 +412,12 @@ class _Backup:
         for name, size in objects:
             self.store.copy(location.key(name), target.key(name), size)
         self.store.copy(location.key(layout.MANIFEST_NAME), target.key(layout.MANIFEST_NAME), 0)
-        log.info("backup %s copied to tier %s: %s", manifest.backup_id, tier,
-                 target.url(self.store.bucket))  # fmt: skip
+        log.info(
+            "backup %s copied to tier %s: %s",
+            manifest.backup_id,
+            tier,
+            target.url(self.store.bucket),
+        )
 
 
 def run_backup(

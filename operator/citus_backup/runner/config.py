@@ -180,9 +180,7 @@ class PgConfig:
         and the environment mean the same thing in-process and in children.
         """
         env = self.child_env()
-        kwargs = {
-            keyword: env[name] for name, keyword in LIBPQ_ENV.items() if env.get(name)
-        }
+        kwargs = {keyword: env[name] for name, keyword in LIBPQ_ENV.items() if env.get(name)}
         kwargs["dbname"] = database
         kwargs.setdefault("application_name", "citus-backup")
         return kwargs

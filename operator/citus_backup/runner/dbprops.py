@@ -122,9 +122,7 @@ def acl_statements(name: str, owner: str, acl: tuple[AclItem, ...]) -> list[sql.
         if privilege not in _PRIVILEGES:
             raise ValueError(f"unknown database privilege {item.privilege!r}")
         grantee = sql.SQL("PUBLIC") if item.grantee is None else sql.Identifier(item.grantee)
-        statement = sql.SQL("GRANT {} ON DATABASE {} TO {}").format(
-            sql.SQL(privilege), db, grantee
-        )
+        statement = sql.SQL("GRANT {} ON DATABASE {} TO {}").format(sql.SQL(privilege), db, grantee)
         if item.grantable:
             statement = statement + sql.SQL(" WITH GRANT OPTION")
         statements.append(statement)
@@ -156,7 +154,9 @@ def post_restore_statements(
             key, value = parse_setting(setting)
             statements.append(
                 sql.SQL("ALTER ROLE {} IN DATABASE {} SET {} TO {}").format(
-                    sql.Identifier(role_setting.role), db, _setting_name(key),
+                    sql.Identifier(role_setting.role),
+                    db,
+                    _setting_name(key),
                     setting_value(key, value),
                 )
             )

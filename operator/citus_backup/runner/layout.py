@@ -117,9 +117,7 @@ class SetLocation:
 
 
 def make_location(prefix: str, tier: str, backup_id: str) -> SetLocation:
-    return SetLocation(
-        normalize_prefix(prefix), validate_tier(tier), validate_backup_id(backup_id)
-    )
+    return SetLocation(normalize_prefix(prefix), validate_tier(tier), validate_backup_id(backup_id))
 
 
 def parse_location(location: str) -> tuple[str | None, SetLocation]:

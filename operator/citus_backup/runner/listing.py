@@ -80,7 +80,7 @@ def list_sets(store: S3Store, prefix: str, tier: str | None = None) -> list[Back
     """Every set under ``prefix`` (only ``tier`` if given), oldest first."""
     prefix = layout.normalize_prefix(prefix)
     objects: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
-    for key, size in store.list(f"{prefix}/" if prefix else ""):
+    for key, size in store.list_objects(f"{prefix}/" if prefix else ""):
         parsed = layout.parse_key(prefix, key)
         if parsed is None or (tier is not None and parsed.tier != tier):
             continue
@@ -143,6 +143,8 @@ def render_table(sets: list[BackupSet]) -> str:
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-             for row in rows]  # fmt: skip
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
     return "\n".join(lines)

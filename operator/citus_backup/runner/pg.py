@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import logging
 import os
 import re
@@ -30,10 +31,11 @@ import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
 from citus_backup.errors import CitusBackupError, PermanentError, TransientError
@@ -97,22 +99,47 @@ def libpq_detail(text: str) -> str:
     return one_line(lines[-1]) if lines else "unknown error"
 
 
+def _matches(lowered: str, markers: Sequence[str]) -> bool:
+    return any(marker in lowered for marker in markers)
+
+
 def classify(text: str, what: str) -> CitusBackupError:
     """A libpq or pg tool error message about ``what`` as the project's error."""
     lowered = text.lower()
     detail = libpq_detail(text)
-    if any(marker in lowered for marker in _AUTH):
-        return PermanentError(f"{what}: authentication failed: {detail}", reason="AuthenticationFailed")
-    if re.search(r'role ".*" does not exist', lowered) and "fatal" in lowered:
-        return PermanentError(f"{what}: authentication failed: {detail}", reason="AuthenticationFailed")
-    if re.search(r'database ".*" does not exist', lowered):
-        return PermanentError(f"{what}: {detail}", reason="DatabaseNotFound")
-    if "server version mismatch" in lowered or "aborting because of server version" in lowered:
-        return PermanentError(f"{what}: {detail}", reason="VersionMismatch")
-    if "ssl" in lowered and ("certificate" in lowered or "ssl error" in lowered):
-        return PermanentError(f"{what}: TLS error: {detail}", reason="DatabaseTLSError")
-    if any(marker in lowered for marker in _UNREACHABLE):
-        return TransientError(f"{what}: PostgreSQL unreachable: {detail}", reason="DatabaseUnreachable")
+    auth = _matches(lowered, _AUTH) or (
+        re.search(r'role ".*" does not exist', lowered) is not None and "fatal" in lowered
+    )
+    rules: list[tuple[bool, type[CitusBackupError], str, str]] = [
+        (auth, PermanentError, "AuthenticationFailed", "authentication failed: "),
+        (
+            re.search(r'database ".*" does not exist', lowered) is not None,
+            PermanentError,
+            "DatabaseNotFound",
+            "",
+        ),
+        (
+            _matches(lowered, ("server version mismatch", "aborting because of server version")),
+            PermanentError,
+            "VersionMismatch",
+            "",
+        ),
+        (
+            "ssl" in lowered and _matches(lowered, ("certificate", "ssl error")),
+            PermanentError,
+            "DatabaseTLSError",
+            "TLS error: ",
+        ),
+        (
+            _matches(lowered, _UNREACHABLE),
+            TransientError,
+            "DatabaseUnreachable",
+            "PostgreSQL unreachable: ",
+        ),
+    ]
+    for matched, cls, reason, label in rules:
+        if matched:
+            return cls(f"{what}: {label}{detail}", reason=reason)
     return PermanentError(f"{what}: {detail}", reason="DatabaseError")
 
 
@@ -142,9 +169,8 @@ class Pg:
 
     def connect(self, database: str, autocommit: bool = True) -> Connection:
         try:
-            return psycopg.connect(
-                autocommit=autocommit, **self.config.connect_kwargs(database)
-            )
+            conninfo = make_conninfo("", **self.config.connect_kwargs(database))
+            return psycopg.connect(conninfo, autocommit=autocommit)
         except Exception as exc:
             raise translate(
                 exc, f"cannot connect to {self.where} database {quote_name(database)}"
@@ -204,22 +230,21 @@ def all_database_names(conn: Connection) -> set[str]:
     return {str(row[0]) for row in rows}
 
 
-def _props_query(version_num: int) -> str:
+def _props_query(version_num: int) -> sql.Composed:
     if version_num >= 170000:
-        locale = "d.datlocprovider::text AS provider, d.datlocale AS icu_locale"
+        locale = sql.SQL("d.datlocprovider::text AS provider, d.datlocale AS icu_locale")
     elif version_num >= 150000:
-        locale = "d.datlocprovider::text AS provider, d.daticulocale AS icu_locale"
+        locale = sql.SQL("d.datlocprovider::text AS provider, d.daticulocale AS icu_locale")
     else:
-        locale = "'c'::text AS provider, NULL::text AS icu_locale"
-    return (
+        locale = sql.SQL("'c'::text AS provider, NULL::text AS icu_locale")
+    return sql.SQL(
         "SELECT pg_get_userbyid(d.datdba) AS owner, pg_encoding_to_char(d.encoding) AS encoding,"
-        " d.datcollate AS collate, d.datctype AS ctype, "
-        + locale
-        + ", d.datconnlimit AS connlimit, t.spcname AS tablespace,"
-        " shobj_description(d.oid, 'pg_database') AS comment, d.datacl IS NULL AS default_acl"
+        " d.datcollate AS collate, d.datctype AS ctype, {}, d.datconnlimit AS connlimit,"
+        " t.spcname AS tablespace, shobj_description(d.oid, 'pg_database') AS comment,"
+        " d.datacl IS NULL AS default_acl"
         " FROM pg_database d JOIN pg_tablespace t ON t.oid = d.dattablespace"
         " WHERE d.datname = %s"
-    )
+    ).format(locale)
 
 
 _PROVIDERS = {"c": "libc", "i": "icu", "b": "builtin"}
@@ -243,10 +268,11 @@ def database_properties(conn: Connection, name: str, version_num: int) -> Databa
                 (name,),
             ).fetchall()
             acl = tuple(
-                AclItem(grantee=r["grantee"], privilege=r["privilege_type"],
-                        grantable=r["is_grantable"])
+                AclItem(
+                    grantee=r["grantee"], privilege=r["privilege_type"], grantable=r["is_grantable"]
+                )
                 for r in acl_rows
-            )  # fmt: skip
+            )
         setting_rows = cur.execute(
             "SELECT CASE WHEN s.setrole = 0 THEN NULL ELSE pg_get_userbyid(s.setrole) END AS role,"
             " s.setconfig FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase"
@@ -301,7 +327,10 @@ def rows_as_dicts(conn: Connection, query: str) -> list[dict[str, Any]]:
 
 def role_exists(conn: Connection, role: str) -> bool:
     with errors_as(f"look up role {quote_name(role)}"):
-        return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is not None
+        return (
+            conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+            is not None
+        )
 
 
 def current_user(conn: Connection) -> str:
@@ -320,13 +349,16 @@ def table_exists(conn: Connection, schema: str, name: str) -> bool:
 
 
 def schema_exists(conn: Connection, schema: str) -> bool:
-    return conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() is not None
+    return (
+        conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
+        is not None
+    )
 
 
 # ------------------------------------------------------ database lifecycle
 
 
-def execute(conn: Connection, statement: sql.Composable, what: str) -> None:
+def execute(conn: Connection, statement: sql.Composed | sql.SQL, what: str) -> None:
     with errors_as(what):
         conn.execute(statement)
 
@@ -418,7 +450,11 @@ def swap_databases(conn: Connection, target: str, replacement: str, old_name: st
             except psycopg.errors.ObjectInUse as exc:
                 log.info(
                     "swap of database %s: still in use after terminating %d session(s)"
-                    " (attempt %d/%d)", quote_name(target), terminated, attempt, SWAP_ATTEMPTS,
+                    " (attempt %d/%d)",
+                    quote_name(target),
+                    terminated,
+                    attempt,
+                    SWAP_ATTEMPTS,
                 )
                 if attempt == SWAP_ATTEMPTS:
                     raise translate(exc, f"swap database {quote_name(target)}") from exc
@@ -427,7 +463,9 @@ def swap_databases(conn: Connection, target: str, replacement: str, old_name: st
                 raise translate(exc, f"swap database {quote_name(target)}") from exc
             log.info(
                 "swapped database %s (terminated %d session(s)); previous one is %s",
-                quote_name(target), terminated, quote_name(old_name),
+                quote_name(target),
+                terminated,
+                quote_name(old_name),
             )
             return
     except BaseException:
@@ -484,14 +522,23 @@ class Child:
         self._stderr: deque[str] = deque(maxlen=stderr_lines)
         try:
             self.proc = subprocess.Popen(
-                self.argv, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=env,
-                bufsize=0, close_fds=True,
-            )  # fmt: skip
+                self.argv,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=subprocess.PIPE,
+                env=env,
+                bufsize=0,
+                close_fds=True,
+            )
         except OSError as exc:
-            raise PermanentError(f"{label}: cannot start {argv[0]}: {exc}", reason="ToolFailed") from exc
+            raise PermanentError(
+                f"{label}: cannot start {argv[0]}: {exc}", reason="ToolFailed"
+            ) from exc
         _enlarge_pipe(self.proc.stdout)
         _enlarge_pipe(self.proc.stdin)
-        self._reader = threading.Thread(target=self._read_stderr, daemon=True, name=f"{label}-stderr")
+        self._reader = threading.Thread(
+            target=self._read_stderr, daemon=True, name=f"{label}-stderr"
+        )
         self._reader.start()
 
     def _read_stderr(self) -> None:
@@ -507,7 +554,8 @@ class Child:
         return self.proc.stdout
 
     def readinto(self, buffer: memoryview) -> int:
-        return self.stdout.readinto(buffer) or 0
+        # bufsize=0: stdout is a raw FileIO, one read(2) per call.
+        return cast(io.FileIO, self.stdout).readinto(buffer) or 0
 
     def write_all(self, data: bytes | memoryview) -> None:
         """Write everything to stdin; BrokenPipeError when the child has closed it."""
@@ -550,8 +598,12 @@ class Child:
         """The child's error (it exited non-zero) as a one-line project error."""
         code = self.proc.returncode
         text = self.stderr_text()
-        error = classify(text, what) if text else PermanentError(
-            f"{what}: {self.label} exited with code {code}", reason="ToolFailed"
+        error = (
+            classify(text, what)
+            if text
+            else PermanentError(
+                f"{what}: {self.label} exited with code {code}", reason="ToolFailed"
+            )
         )
         if error.reason == "DatabaseError":
             error = PermanentError(

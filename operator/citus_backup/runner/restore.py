@@ -31,6 +31,7 @@ Every database is restored into a new temporary database
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import secrets
@@ -142,7 +143,9 @@ class _Restore:
                     reason="InvalidArgument",
                 )
         elif options.latest:
-            location = listing.latest_complete(self.store, prefix, layout.validate_tier(options.tier))
+            location = listing.latest_complete(
+                self.store, prefix, layout.validate_tier(options.tier)
+            )
         elif options.backup_id:
             location = layout.make_location(prefix, options.tier, options.backup_id)
         else:
@@ -168,6 +171,7 @@ class _Restore:
 
     def stream_section(
         self,
+        *,
         entry: DatabaseEntry,
         key: str,
         database: str,
@@ -182,8 +186,13 @@ class _Restore:
         verify = section == "data"
         shown = quote_name(entry.name)
         what = f"restore ({section}) of database {shown}"
-        argv = [pg.tool("pg_restore"), *self._restore_args(), f"--section={section}",
-                "-d", self.pg_config.conninfo(database)]  # fmt: skip
+        argv = [
+            pg.tool("pg_restore"),
+            *self._restore_args(),
+            f"--section={section}",
+            "-d",
+            self.pg_config.conninfo(database),
+        ]
         child = self.children.start(argv, self.env, stdin=subprocess.PIPE, label="pg_restore")
         hasher = hashlib.sha256()
         size = 0
@@ -234,7 +243,12 @@ class _Restore:
         etag: str | None = None
         for section in SECTIONS:
             etag = self.stream_section(
-                entry, key, database, section, etag, counter if section == "data" else None
+                entry=entry,
+                key=key,
+                database=database,
+                section=section,
+                etag=etag,
+                counter=counter if section == "data" else None,
             )
             self.options.hooks.after_section(SectionEvent(section, entry, database, target))
         self.progress.finish(counter, f"restored into {quote_name(database)}")
@@ -276,10 +290,11 @@ class _Restore:
             try:
                 self.restore_into(entry, key, temp, target)
                 for statement in dbprops.post_restore_statements(
-                    temp, entry.properties,
+                    temp,
+                    entry.properties,
                     owner=None if self.options.no_owner else entry.properties.owner,
                     privileges=not self.options.no_privileges,
-                ):  # fmt: skip
+                ):
                     pg.execute(conn, statement, f"set properties of database {shown}")
                 if target in pg.all_database_names(conn):
                     if not self.options.replace:
@@ -336,8 +351,11 @@ class _Restore:
             created_target = False
             if target not in pg.all_database_names(conn):
                 owner = self._owner(conn, entry)
-                pg.execute(conn, dbprops.create_database(target, entry.properties, owner),
-                           f"create database {shown}")  # fmt: skip
+                pg.execute(
+                    conn,
+                    dbprops.create_database(target, entry.properties, owner),
+                    f"create database {shown}",
+                )
                 created_target = True
             try:
                 if not created_target and not options.replace:
@@ -441,16 +459,24 @@ class _Restore:
         with self.pg.session(self.pg_config.maintenance_db) as conn:
             me = pg.current_user(conn)
             saved = self._password_hash(conn, me)
-            argv = [pg.tool("psql"), "-X", "-q", "-w", "-v", "ON_ERROR_STOP=0",
-                    "-d", self.pg_config.conninfo(self.pg_config.maintenance_db), "-f", "-"]  # fmt: skip
+            argv = [
+                pg.tool("psql"),
+                "-X",
+                "-q",
+                "-w",
+                "-v",
+                "ON_ERROR_STOP=0",
+                "-d",
+                self.pg_config.conninfo(self.pg_config.maintenance_db),
+                "-f",
+                "-",
+            ]
             child = self.children.start(
                 argv, self.env, stdin=subprocess.PIPE, label="psql", stderr_lines=100_000
             )
             try:
-                try:
+                with contextlib.suppress(BrokenPipeError):
                     child.write_all(data)
-                except BrokenPipeError:
-                    pass
                 child.close_stdin()
                 code = child.wait()
             finally:
@@ -466,9 +492,10 @@ class _Restore:
                     f"keep the password of role {quote_name(me)}",
                 )
         errors = [
-            line for line in child.stderr_text().splitlines()
+            line
+            for line in child.stderr_text().splitlines()
             if "ERROR:" in line and not any(t in line for t in _TOLERATED_GLOBALS_ERRORS)
-        ]  # fmt: skip
+        ]
         if code != 0 or errors:
             detail = pg.libpq_detail(errors[0]) if errors else f"psql exited with code {code}"
             raise PermanentError(
@@ -604,7 +631,9 @@ def parse_table(text: str) -> tuple[str, str]:
             while True:
                 close = text.find('"', end)
                 if close == -1:
-                    raise PermanentError(f"unbalanced quote in table {text!r}", reason="InvalidArgument")
+                    raise PermanentError(
+                        f"unbalanced quote in table {text!r}", reason="InvalidArgument"
+                    )
                 if text.startswith('""', close):
                     current.append(text[end:close] + '"')
                     end = close + 2
@@ -618,7 +647,9 @@ def parse_table(text: str) -> tuple[str, str]:
             parts.append("".join(current))
             current, quoted_part = [], False
         elif quoted_part:
-            raise PermanentError(f"unexpected text after quote in table {text!r}", reason="InvalidArgument")
+            raise PermanentError(
+                f"unexpected text after quote in table {text!r}", reason="InvalidArgument"
+            )
         else:
             current.append(ch)
         i += 1

@@ -33,9 +33,9 @@ from typing import Protocol
 import urllib3
 from minio import Minio
 from minio.commonconfig import ComposeSource, CopySource
-from minio.credentials import StaticProvider
+from minio.credentials.providers import StaticProvider
 from minio.datatypes import Part
-from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
+from minio.error import InvalidResponseError, S3Error, ServerError
 from urllib3.exceptions import (
     HTTPError,
     MaxRetryError,
@@ -60,14 +60,28 @@ RETRIES = 5
 RETRY_BACKOFF = 0.5
 
 _AUTH_CODES = frozenset(
-    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken",
-     "InvalidSecurity", "AuthorizationHeaderMalformed", "InvalidClientTokenId"}
-)  # fmt: skip
+    {
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "InvalidToken",
+        "ExpiredToken",
+        "InvalidSecurity",
+        "AuthorizationHeaderMalformed",
+        "InvalidClientTokenId",
+    }
+)
 _TRANSIENT_CODES = frozenset(
-    {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout",
-     "XMinioServerNotInitialized", "XMinioStorageFull", "OperationAborted",
-     "RequestTimeTooSkewed"}
-)  # fmt: skip
+    {
+        "SlowDown",
+        "InternalError",
+        "ServiceUnavailable",
+        "RequestTimeout",
+        "XMinioServerNotInitialized",
+        "XMinioStorageFull",
+        "OperationAborted",
+        "RequestTimeTooSkewed",
+    }
+)
 
 
 class Cancelled(TransientError):
@@ -80,55 +94,58 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def _s3_error(exc: S3Error, what: str, endpoint: str) -> CitusBackupError:
+    code = exc.code or "Error"
+    detail = _one_line(exc.message or code)
+    if code == "NoSuchBucket":
+        return PermanentError(
+            f"S3 {what}: bucket does not exist at {endpoint} "
+            "(create it, or pass --create-bucket to backup)",
+            reason="BucketNotFound",
+        )
+    if code in _AUTH_CODES:
+        return PermanentError(
+            f"S3 {what}: the S3 credentials were rejected by {endpoint} ({code}: {detail})",
+            reason="S3AuthenticationFailed",
+        )
+    known: dict[str, tuple[type[CitusBackupError], str, str]] = {
+        "AccessDenied": (PermanentError, "S3AccessDenied", f"access denied by {endpoint}"),
+        "NoSuchKey": (PermanentError, "ObjectNotFound", "object does not exist"),
+        "NoSuchObject": (PermanentError, "ObjectNotFound", "object does not exist"),
+        "PreconditionFailed": (
+            PermanentError,
+            "ObjectChanged",
+            "the object changed while it was being read",
+        ),
+    }
+    if code in known:
+        cls, reason, text = known[code]
+        return cls(f"S3 {what}: {text}", reason=reason)
+    if code in _TRANSIENT_CODES:
+        return TransientError(f"S3 {what}: {code}: {detail}", reason="S3Unavailable")
+    return PermanentError(f"S3 {what}: {code}: {detail}", reason="S3Error")
+
+
 def translate(exc: BaseException, what: str, endpoint: str) -> CitusBackupError:
     """Turn an SDK/urllib3 exception about ``what`` into the project's error."""
     if isinstance(exc, CitusBackupError):
         return exc
     if isinstance(exc, S3Error):
-        code = exc.code or "Error"
-        detail = _one_line(exc.message or code)
-        message = f"S3 {what}: {code}: {detail}"
-        if code == "NoSuchBucket":
-            return PermanentError(
-                f"S3 {what}: bucket does not exist at {endpoint} "
-                "(create it, or pass --create-bucket to backup)",
-                reason="BucketNotFound",
-            )
-        if code in _AUTH_CODES:
-            return PermanentError(
-                f"S3 {what}: the S3 credentials were rejected by {endpoint} ({code}: {detail})",
-                reason="S3AuthenticationFailed",
-            )
-        if code == "AccessDenied":
-            return PermanentError(message + f" (endpoint {endpoint})", reason="S3AccessDenied")
-        if code in ("NoSuchKey", "NoSuchObject"):
-            return PermanentError(f"S3 {what}: object does not exist", reason="ObjectNotFound")
-        if code == "PreconditionFailed":
-            return PermanentError(
-                f"S3 {what}: the object changed while it was being read", reason="ObjectChanged"
-            )
-        if code in _TRANSIENT_CODES:
-            return TransientError(message, reason="S3Unavailable")
-        return PermanentError(message, reason="S3Error")
-    if isinstance(exc, ServerError):
+        return _s3_error(exc, what, endpoint)
+    if isinstance(exc, (ServerError, InvalidResponseError)):
         return TransientError(
-            f"S3 {what}: {endpoint} answered HTTP {exc.status_code}", reason="S3Unavailable"
-        )
-    if isinstance(exc, InvalidResponseError):
-        return TransientError(
-            f"S3 {what}: unexpected non-S3 response from {endpoint}: {_one_line(str(exc))[:300]}",
+            f"S3 {what}: unexpected response from {endpoint}: {_one_line(str(exc))[:300]}",
             reason="S3Unavailable",
         )
-    if isinstance(exc, MaxRetryError):
-        cause = exc.reason if exc.reason is not None else exc
-        return _network_error(cause, what, endpoint)
+    if isinstance(exc, MaxRetryError) and exc.reason is not None:
+        exc = exc.reason
     if isinstance(exc, (HTTPError, OSError)):
         return _network_error(exc, what, endpoint)
     if isinstance(exc, ValueError):
         return PermanentError(f"S3 {what}: {_one_line(str(exc))}", reason="InvalidConfiguration")
-    if isinstance(exc, MinioException):
-        return TransientError(f"S3 {what}: {_one_line(str(exc))}", reason="S3Error")
-    return TransientError(f"S3 {what}: {type(exc).__name__}: {_one_line(str(exc))}")
+    return TransientError(
+        f"S3 {what}: {type(exc).__name__}: {_one_line(str(exc))}", reason="S3Error"
+    )
 
 
 def _network_error(exc: BaseException, what: str, endpoint: str) -> CitusBackupError:
@@ -138,7 +155,7 @@ def _network_error(exc: BaseException, what: str, endpoint: str) -> CitusBackupE
             "(check S3_CA_FILE / --s3-ca-file)",
             reason="S3TLSError",
         )
-    if isinstance(exc, NewConnectionError) or isinstance(exc, ConnectionRefusedError):
+    if isinstance(exc, (NewConnectionError, ConnectionRefusedError)):
         return TransientError(
             f"S3 {what}: cannot connect to {endpoint} (connection refused or unreachable)",
             reason="S3Unreachable",
@@ -270,7 +287,9 @@ class S3Store:
 
     @contextlib.contextmanager
     def open_read(self, key: str, if_match: str | None = None) -> Iterator[ObjectRead]:
-        headers = {"If-Match": f'"{if_match}"'} if if_match else None
+        headers: dict[str, str | list[str] | tuple[str]] | None = (
+            {"If-Match": f'"{if_match}"'} if if_match else None
+        )
         try:
             response = self.client.get_object(self.bucket, key, request_headers=headers)
         except Exception as exc:
@@ -290,7 +309,7 @@ class S3Store:
             response.close()
             response.release_conn()
 
-    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+    def list_objects(self, prefix: str) -> Iterator[tuple[str, int]]:
         """(key, size) of every object under ``prefix``, recursively."""
         try:
             for obj in self.client.list_objects(self.bucket, prefix=prefix, recursive=True):
@@ -455,7 +474,15 @@ class StreamUploader:
                     self._check(futures, failed)
                 self._check(futures, failed)
                 futures.append(
-                    self.pool.submit(self._send, key, upload_id, part_number, buf, slots, failed)
+                    self.pool.submit(
+                        self._send,
+                        key=key,
+                        upload_id=upload_id,
+                        part_number=part_number,
+                        data=buf,
+                        slots=slots,
+                        failed=failed,
+                    )
                 )
                 total += filled
                 if filled < len(buf):
@@ -492,6 +519,7 @@ class StreamUploader:
 
     def _send(
         self,
+        *,
         key: str,
         upload_id: str,
         part_number: int,
@@ -515,5 +543,7 @@ class StreamUploader:
             log.warning(
                 "could not abort the multipart upload %s of %s: %s; an "
                 "AbortIncompleteMultipartUpload lifecycle rule removes it later",
-                upload_id, key, exc,
+                upload_id,
+                key,
+                exc,
             )

@@ -65,17 +65,22 @@ FLAG_TIER: Final = "--tier"
 FLAG_ALSO_TIER: Final = "--also-tier"  # repeated
 FLAG_INCLUDE_DATABASE: Final = "--include-database"  # repeated
 FLAG_EXCLUDE_DATABASE: Final = "--exclude-database"  # repeated
-FLAG_JOBS: Final = "--jobs"
-FLAG_COMPRESSION: Final = "--compression"
+FLAG_JOBS: Final = "--jobs"  # databases in parallel (backup and restore); absent: runner's default
+FLAG_COMPRESSION: Final = "--compress"  # pg_dump --compress level
 
-# --- flags of ``citus-backup restore`` (also FLAG_BACKUP_ID)
+# --- flags of ``citus-backup restore`` (also FLAG_BACKUP_ID, FLAG_TIER, FLAG_JOBS)
 FLAG_LATEST: Final = "--latest"  # not used by the operator: it resolves the backup itself
-FLAG_DATABASE: Final = "--database"  # repeated; none: every database of the backup
+FLAG_DATABASE: Final = "--database"  # none: every database of the backup
+#: Whether the runner's restore takes ``--database`` more than once. It takes one today,
+#: so :func:`citus_backup.specs.jobs.build_restore_job` refuses several databases rather
+#: than letting the last flag silently win.
+RESTORE_TAKES_SEVERAL_DATABASES: Final = False
 FLAG_TARGET_DATABASE: Final = "--target-database"
 FLAG_TABLE: Final = "--table"  # repeated
 FLAG_SCHEMA: Final = "--schema"  # repeated
 FLAG_REPLACE: Final = "--replace"
-FLAG_GLOBALS: Final = "--globals"  # absent: roles are not restored
+FLAG_GLOBALS: Final = "--globals"
+FLAG_NO_GLOBALS: Final = "--no-globals"  # one of the two is always passed: no runner default
 
 # --- files and the user
 TMP_DIR: Final = "/tmp"  # noqa: S108 (an emptyDir volume, private to the pod)

@@ -126,7 +126,9 @@ def build_backup_job(
         args += [c.FLAG_INCLUDE_DATABASE, database]
     for database in spec.coordinator.exclude_databases:
         args += [c.FLAG_EXCLUDE_DATABASE, database]
-    args += [c.FLAG_JOBS, str(spec.dump.jobs), c.FLAG_COMPRESSION, str(spec.dump.compression)]
+    if spec.dump.jobs is not None:
+        args += [c.FLAG_JOBS, str(spec.dump.jobs)]
+    args += [c.FLAG_COMPRESSION, str(spec.dump.compression)]
 
     labels = _labels(
         component=BACKUP_CONTAINER,
@@ -159,10 +161,12 @@ def build_restore_job(
 
     ``backup`` is the resolved source (``spec.backupName``, or the latest
     successful backup of ``spec.policyName``); it must have succeeded and
-    have a backup id. ``policy`` is the backup's policy: its storage is read,
-    and its coordinator is the target unless ``spec.target`` is set; the job
-    template is ``spec.jobTemplate`` or the policy's. Raises PermanentError
-    with reason BackupNotSucceeded / InvalidSpec otherwise.
+    have a backup id; it is read from its primary tier (``status.tiers[0]``,
+    else the tier its spec resolves to). ``policy`` is the backup's policy: its
+    storage is read, and its coordinator is the target unless ``spec.target``
+    is set; the job template is ``spec.jobTemplate`` or the policy's. Raises
+    PermanentError with reason BackupNotSucceeded / InvalidSpec otherwise
+    (including several ``databases`` while the runner takes one ``--database``).
     """
     namespace = _same_namespace(restore.metadata, backup.metadata, policy.metadata)
     if backup.status.phase != Phase.SUCCEEDED or not backup.status.backup_id:
@@ -176,7 +180,23 @@ def build_restore_job(
             reason=Reason.INVALID_SPEC,
         )
     spec = restore.spec
-    args: list[str] = [c.RESTORE_SUBCOMMAND, c.FLAG_BACKUP_ID, backup.status.backup_id]
+    if len(spec.databases) > 1 and not c.RESTORE_TAKES_SEVERAL_DATABASES:
+        raise PermanentError(
+            "restoring several databases in one CitusRestore is not supported yet: "
+            "create one CitusRestore per database",
+            reason=Reason.INVALID_SPEC,
+        )
+    # The backup is found under <prefix>/<tier>/<backupId>/ of its primary tier.
+    tier = (
+        backup.status.tiers[0] if backup.status.tiers else backup_tiers(policy.spec, backup.spec)[0]
+    )
+    args: list[str] = [
+        c.RESTORE_SUBCOMMAND,
+        c.FLAG_BACKUP_ID,
+        backup.status.backup_id,
+        c.FLAG_TIER,
+        tier,
+    ]
     for database in spec.databases:
         args += [c.FLAG_DATABASE, database]
     if spec.target_database is not None:
@@ -187,8 +207,10 @@ def build_restore_job(
         args += [c.FLAG_SCHEMA, schema]
     if spec.replace:
         args.append(c.FLAG_REPLACE)
-    if spec.effective_globals:
-        args.append(c.FLAG_GLOBALS)
+    # Always explicit: the runner's own default must not decide whether roles are restored.
+    args.append(c.FLAG_GLOBALS if spec.effective_globals else c.FLAG_NO_GLOBALS)
+    if policy.spec.dump.jobs is not None:
+        args += [c.FLAG_JOBS, str(policy.spec.dump.jobs)]
 
     template = spec.job_template or policy.spec.job_template
     labels = _labels(
