@@ -21,6 +21,11 @@ How each number is obtained (also in docs/benchmarks.md):
   of ``/proc/self/io`` over the run is the sum for the command's whole tree.
   ``cancelled_write_bytes`` (dirty page-cache data discarded before reaching
   disk, e.g. a file deleted right after writing) is reported separately.
+  Caveat: on a ``relatime`` mount, *reading* a file modified since it was
+  last read updates its atime, and ext4 charges the dirtied inode block
+  (4096 bytes) to the reader; the benchmark therefore runs the runner once
+  (``--help``, unmeasured) before each measured run, so source files that
+  someone just edited do not show up as "disk writes".
 * **CPU**: user and system seconds of the reaped tree (``getrusage`` of
   children, delta over the run).
 """
@@ -141,20 +146,18 @@ def run_measured(
     *,
     cwd: Path | None = None,
     interval: float = DEFAULT_INTERVAL,
-    shell: bool = False,
 ) -> Measurement:
     """Run ``argv`` to completion, measuring it (see the module docstring)."""
     io_before = _read_io()
     ru_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     proc = subprocess.Popen(
-        list(argv) if not shell else " ".join(argv),
+        list(argv),
         env=dict(env),
         cwd=cwd,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        shell=shell,  # noqa: S602 - the seed's method is a shell pipeline on purpose
     )
     sampler = _Sampler(proc.pid, interval)
     sampler.start()
@@ -186,3 +189,90 @@ def run_measured(
 def loadavg() -> tuple[float, float, float]:
     one, five, fifteen = os.getloadavg()
     return (one, five, fifteen)
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _busy_seconds() -> float:
+    """CPU seconds all CPUs spent in processes since boot (/proc/stat user+nice+system).
+
+    irq/softirq time (e.g. loopback networking of our own transfers) belongs to
+    no process, so it is left out on both sides of the comparison.
+    """
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system = (int(x) for x in fields[:3])
+    return (user + nice + system) / _CLK_TCK
+
+
+def _tree_seconds(root: int) -> float:
+    """CPU seconds of ``root`` and its live descendants, plus all they reaped."""
+    total = 0
+    for pid in process_tree(root):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        # fields after "(comm)": state=0 ... utime=11 stime=12 cutime=13 cstime=14
+        total += sum(int(x) for x in stat[11:15])
+    return total / _CLK_TCK
+
+
+@dataclass
+class CpuSnapshot:
+    """Process CPU seconds of the machine and of the benchmark's parts."""
+
+    busy: float
+    harness: float  # this process and its children (every measured command)
+    servers: dict[str, float]  # server name -> CPU of its process tree
+
+    @classmethod
+    def take(cls, servers: Mapping[str, int]) -> CpuSnapshot:
+        return cls(
+            _busy_seconds(),
+            _tree_seconds(os.getpid()),
+            {name: _tree_seconds(pid) for name, pid in servers.items()},
+        )
+
+    @property
+    def ours(self) -> float:
+        return self.harness + sum(self.servers.values())
+
+
+def cpu_breakdown(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
+    """CPU seconds between two snapshots: machine, measured tree, each server, others.
+
+    ``others`` is the busy time of the whole machine minus that of this
+    process tree (which includes every measured command) and of the
+    PostgreSQL and MinIO servers (with the backends they reaped): the load
+    other users put on the machine while a step ran. Load average cannot tell
+    that, as it counts the benchmark's own processes.
+    """
+    out = {
+        "machine": after.busy - before.busy,
+        "command": after.harness - before.harness,
+    }
+    for name in after.servers:
+        out[name] = after.servers[name] - before.servers.get(name, 0.0)
+    out["others"] = max(0.0, out["machine"] - (after.ours - before.ours))
+    return out
+
+
+def wait_for_quiet(
+    servers: Mapping[str, int], max_wait: float, window: float = 3.0, threshold: float = 0.15
+) -> tuple[float, float]:
+    """Wait until other processes use < ``threshold`` cores over ``window`` s.
+
+    Gives up after ``max_wait`` seconds. Returns (seconds waited, cores other
+    processes used in the last window).
+    """
+    started = time.monotonic()
+    if max_wait <= 0:
+        return 0.0, float("nan")
+    while True:
+        before = CpuSnapshot.take(servers)
+        time.sleep(window)
+        cores = cpu_breakdown(before, CpuSnapshot.take(servers))["others"] / window
+        waited = time.monotonic() - started
+        if cores < threshold or waited >= max_wait:
+            return waited, cores

@@ -7,17 +7,20 @@
   it (mode 0600) because initdb baked it into the cluster.
 * :class:`MetricsMinio` is localenv's MinIO with its Prometheus endpoint open
   (``MINIO_PROMETHEUS_AUTH_TYPE=public``), so the benchmark can read the bytes
-  MinIO sent and received (``minio_s3_traffic_*_bytes``) around each step.
+  MinIO sent and received (``minio_api_requests_traffic_*_bytes``) around each step.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import re
 import shutil
 import stat
 import subprocess
+import threading
+import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +31,7 @@ from localenv.postgres import Postgres, PostgresInfo, pg_bindir
 from localenv.process import ManagedProcess
 
 COMPLETE_MARKER = ".bench-complete"
-PASSWORD_FILE = "bench-password"
+PASSWORD_FILE = "bench-password"  # noqa: S105 - a file name
 
 
 def _traversable_by(path: Path, user: str) -> bool:
@@ -66,7 +69,7 @@ def data_cache_root() -> Path:
     preferred = binaries.cache_dir()
     if os.geteuid() != 0 or _traversable_by(preferred, "postgres"):
         return preferred
-    return Path("/var/tmp/citus-backup-operator")
+    return Path("/var/tmp/citus-backup-operator")  # noqa: S108 - persistent, root-owned
 
 
 @dataclass
@@ -189,14 +192,14 @@ class MetricsMinio(Minio):
         return out.stdout.splitlines()[0].strip() if out.stdout else "unknown"
 
 
-#: Node metrics are computed per request; the cluster endpoint
-#: (``/minio/v2/metrics/cluster``) caches them for ~10 s, too coarse to bracket
-#: one step. This is a single-node server, so node totals are cluster totals.
-NODE_METRICS = "/minio/v2/metrics/node"
+#: MinIO's v3 request metrics are computed per scrape; the v2 cluster and
+#: node endpoints (``/minio/v2/metrics/cluster|node``, ``minio_s3_traffic_*``)
+#: cache their values for ~10 s, too coarse to bracket one step.
+API_METRICS = "/minio/metrics/v3/api/requests"
 _METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 
 
-def minio_metrics(info: MinioInfo, path: str = NODE_METRICS) -> dict[str, float]:
+def minio_metrics(info: MinioInfo, path: str = API_METRICS) -> dict[str, float]:
     """Prometheus metrics of MinIO, summed over label sets: name -> value."""
     with urllib.request.urlopen(info.url + path, timeout=10) as response:  # noqa: S310
         text = response.read().decode()
@@ -217,6 +220,64 @@ def s3_traffic(info: MinioInfo) -> tuple[float, float]:
     """(bytes MinIO received, bytes MinIO sent) over S3 so far."""
     metrics = minio_metrics(info)
     return (
-        metrics.get("minio_s3_traffic_received_bytes", 0.0),
-        metrics.get("minio_s3_traffic_sent_bytes", 0.0),
+        metrics.get("minio_api_requests_traffic_received_bytes", 0.0),
+        metrics.get("minio_api_requests_traffic_sent_bytes", 0.0),
     )
+
+
+class S3Trace:
+    """``mc admin trace --json`` while a step runs: S3 requests by object.
+
+    Its output goes to a pipe read into memory (no local file is written).
+    """
+
+    def __init__(self, info: MinioInfo, config_dir: Path) -> None:
+        self._env = dict(os.environ)
+        self._env.update(info.mc_env("bench"))
+        self._env["MC_CONFIG_DIR"] = str(config_dir)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lines: list[bytes] = []
+        self._reader: threading.Thread | None = None
+
+    def __enter__(self) -> S3Trace:
+        mc = binaries.binary("mc")
+        self._proc = subprocess.Popen(
+            [str(mc), "admin", "trace", "--json", "bench"],
+            env=self._env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        time.sleep(1.0)  # the trace subscription must be in place before the step
+        return self
+
+    def _read(self) -> None:
+        assert self._proc is not None
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            self._lines.append(line)
+
+    def __exit__(self, *exc: object) -> None:
+        time.sleep(1.0)  # let the last events arrive
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(timeout=10)
+        if self._reader is not None:
+            self._reader.join(timeout=10)
+
+    def by_object(self, bucket: str) -> dict[str, dict[str, int]]:
+        """``key -> {"requests": n, "sentBytes": tx, "receivedBytes": rx}``."""
+        out: dict[str, dict[str, int]] = {}
+        for raw in self._lines:
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                continue
+            path = str(event.get("path", ""))
+            prefix = f"/{bucket}/"
+            key = path[len(prefix) :] if path.startswith(prefix) else path
+            stats = event.get("callStats") or {}
+            entry = out.setdefault(key, {"requests": 0, "sentBytes": 0, "receivedBytes": 0})
+            entry["requests"] += 1
+            entry["sentBytes"] += int(stats.get("tx", 0))
+            entry["receivedBytes"] += int(stats.get("rx", 0))
+        return out

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from harness.local_node import LocalNode
 from localenv.kube import KubeAPIError, KubeCluster, KubeInfo
 from localenv.minio import Minio, MinioInfo
 from localenv.postgres import Postgres, PostgresInfo
@@ -127,3 +128,29 @@ def kube_namespace(kube: KubeInfo) -> Iterator[str]:
     yield name
     # Deletion is asynchronous (the namespace controller empties it); no need to wait.
     kube.request("DELETE", f"/api/v1/namespaces/{name}")
+
+
+@pytest.fixture(scope="session")
+def local_node(kube: KubeInfo, state_dir: Path, log_dir: Path) -> Iterator[LocalNode]:
+    """A TEST DOUBLE for the kubelet (:mod:`harness.local_node`): node ``local-harness``.
+
+    It binds and runs, as local processes, the pods of the namespaces it
+    serves: ``local_node.serve(ns)``, or use ``local_node_namespace``. Pod
+    output: ``local_node.pod_log(ns, pod)`` (``kubectl logs`` cannot reach it).
+    Teardown kills every pod process and fails if anything was left behind.
+    """
+    node = LocalNode(kube, state_dir / "local-node", log_dir, namespaces=())
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
+    assert not node.leftovers(), node.leftovers()
+
+
+@pytest.fixture
+def local_node_namespace(local_node: LocalNode, kube_namespace: str) -> Iterator[str]:
+    """A fresh namespace whose pods ``local_node`` binds and runs (Jobs complete)."""
+    local_node.serve(kube_namespace)
+    yield kube_namespace
+    local_node.unserve(kube_namespace)

@@ -79,7 +79,9 @@ def test_object_names_round_trip_and_stay_flat(name: str) -> None:
     obj = layout.dump_object_name(name)
     assert "/" not in obj
     assert not obj.startswith(".")
-    assert " " not in obj and '"' not in obj and "'" not in obj
+    assert " " not in obj
+    assert '"' not in obj
+    assert "'" not in obj
     assert obj.isascii()
     assert layout.database_from_object_name(obj) == name
 

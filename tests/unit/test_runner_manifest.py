@@ -112,8 +112,10 @@ def test_citus_rows_are_parsed() -> None:
         }
     )
     assert (table.distribution_column, table.colocation_id, table.shard_count) == (
-        "tenant_id", 4, 32,
-    )  # fmt: skip
+        "tenant_id",
+        4,
+        32,
+    )
     reference = citus_table(
         {
             "table_name": '"Weird Schema".countries',
@@ -126,30 +128,56 @@ def test_citus_rows_are_parsed() -> None:
     assert reference.distribution_column is None
     node = citus_node(
         {
-            "nodeid": 2, "groupid": 1, "nodename": "worker-0.citus", "nodeport": 5432,
-            "noderole": "primary", "isactive": True, "shouldhaveshards": True,
+            "nodeid": 2,
+            "groupid": 1,
+            "nodename": "worker-0.citus",
+            "nodeport": 5432,
+            "noderole": "primary",
+            "isactive": True,
+            "shouldhaveshards": True,
         }
-    )  # fmt: skip
+    )
     assert node.node_name == "worker-0.citus"
     meta = citus_metadata(
         "12.1-1",
         [
-            {"table_name": "t", "citus_table_type": "local", "distribution_column": None,
-             "colocation_id": None, "shard_count": None},
+            {
+                "table_name": "t",
+                "citus_table_type": "local",
+                "distribution_column": None,
+                "colocation_id": None,
+                "shard_count": None,
+            },
         ],
         [],
-    )  # fmt: skip
+    )
     assert meta.tables[0].shard_count is None
 
 
 def test_citus_metadata_serializes_in_the_manifest() -> None:
     meta = citus_metadata(
         "12.1-1",
-        [{"table_name": "events", "citus_table_type": "distributed",
-          "distribution_column": "id", "colocation_id": 2, "shard_count": 8}],
-        [{"nodeid": 1, "groupid": 0, "nodename": "coord", "nodeport": 5432,
-          "noderole": "primary", "isactive": True, "shouldhaveshards": False}],
-    )  # fmt: skip
+        [
+            {
+                "table_name": "events",
+                "citus_table_type": "distributed",
+                "distribution_column": "id",
+                "colocation_id": 2,
+                "shard_count": 8,
+            }
+        ],
+        [
+            {
+                "nodeid": 1,
+                "groupid": 0,
+                "nodename": "coord",
+                "nodeport": 5432,
+                "noderole": "primary",
+                "isactive": True,
+                "shouldhaveshards": False,
+            }
+        ],
+    )
     with_citus = entry().model_copy(update={"citus": meta})
     data = json.loads(with_citus.model_dump_json(by_alias=True))
     assert data["citus"]["tables"][0] == {

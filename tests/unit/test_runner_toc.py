@@ -37,9 +37,17 @@ def test_summary_counts_types_and_lists_tables() -> None:
     summary = summarize(LISTING, schemas={"public", "s2"}, owners={"postgres"})
     assert summary.entries == 14
     assert summary.counts_by_type == {
-        "ACL": 1, "CONSTRAINT": 1, "FK CONSTRAINT": 1, "INDEX": 1, "SCHEMA": 1,
-        "SEQUENCE": 1, "SEQUENCE SET": 1, "TABLE": 3, "TABLE DATA": 3, "VIEW": 1,
-    }  # fmt: skip
+        "ACL": 1,
+        "CONSTRAINT": 1,
+        "FK CONSTRAINT": 1,
+        "INDEX": 1,
+        "SCHEMA": 1,
+        "SEQUENCE": 1,
+        "SEQUENCE SET": 1,
+        "TABLE": 3,
+        "TABLE DATA": 3,
+        "VIEW": 1,
+    }
     assert [t.qualified for t in summary.tables] == ["public.my table", "public.orders", "s2.items"]
     assert summary.archive_version == "1.14-0"
     assert summary.compression == "-1"
@@ -60,19 +68,23 @@ def test_names_with_spaces_use_known_schemas_and_owners() -> None:
     schemas = {"public", "my schema", "my"}
     owners = {"postgres", "app owner"}
     assert split_schema_name_owner("my schema a table app owner", schemas, owners) == (
-        "my schema", "a table", "app owner",
-    )  # fmt: skip
+        "my schema",
+        "a table",
+        "app owner",
+    )
     assert split_schema_name_owner("public t postgres", schemas, owners) == (
-        "public", "t", "postgres",
-    )  # fmt: skip
+        "public",
+        "t",
+        "postgres",
+    )
     # Without hints: first and last words.
     assert split_schema_name_owner("public my table postgres") == ("public", "my table", "postgres")
 
 
 def test_non_ascii_and_quotes_survive() -> None:
-    listing = "10; 1259 1 TABLE Schéma Ünï \"q't\" тест\n"
+    listing = '10; 1259 1 TABLE Schéma Ünï "q\'t" тест\n'
     summary = summarize(listing, schemas={"Schéma"}, owners={"тест"})
-    assert [(t.schema_name, t.name) for t in summary.tables] == [("Schéma", "Ünï \"q't\"")]
+    assert [(t.schema_name, t.name) for t in summary.tables] == [("Schéma", 'Ünï "q\'t"')]
 
 
 def test_garbage_lines_are_ignored() -> None:

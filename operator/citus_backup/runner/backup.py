@@ -346,7 +346,11 @@ class _Backup:
                 upload_pool,
                 self.schedule,
                 options.max_inflight,
-                self.children.cancelled,
+                cancel=self.children.cancelled,
+                # Part buffers of all databases together: memory stays at most
+                # (2 x jobs + 1) x part size (one filling + one uploading each,
+                # and one spare), whatever the size or number of databases.
+                budget=threading.BoundedSemaphore(2 * jobs + 1),
             )
             try:
                 if options.globals:

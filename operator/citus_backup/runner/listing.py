@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from citus_backup.errors import PermanentError
@@ -77,7 +77,7 @@ def load_manifest(store: S3Store, location: layout.SetLocation) -> Manifest:
 
 
 def list_sets(store: S3Store, prefix: str, tier: str | None = None) -> list[BackupSet]:
-    """Every set under ``prefix`` (only ``tier`` if given), oldest first."""
+    """Every set under ``prefix`` (only ``tier`` if given), oldest first (by start time)."""
     prefix = layout.normalize_prefix(prefix)
     objects: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
     for key, size in store.list_objects(f"{prefix}/" if prefix else ""):
@@ -108,11 +108,18 @@ def list_sets(store: S3Store, prefix: str, tier: str | None = None) -> list[Back
             )
             entry.size = sum(names.values())
         sets.append(entry)
+    sets.sort(key=_order)
     return sets
 
 
+def _order(entry: BackupSet) -> tuple[datetime, str]:
+    return (entry.time or datetime.min.replace(tzinfo=UTC), entry.backup_id)
+
+
 def latest_complete(store: S3Store, prefix: str, tier: str) -> layout.SetLocation:
+    """The complete set in ``tier`` that started last (custom ids sort by time too)."""
     complete = [s for s in list_sets(store, prefix, tier) if tier in s.complete_tiers]
+    complete.sort(key=_order)
     if not complete:
         where = f"s3://{store.bucket}/{layout.normalize_prefix(prefix)}"
         raise PermanentError(

@@ -94,6 +94,9 @@ def libpq_detail(text: str) -> str:
             if marker in line:
                 return one_line(line.split(marker, 1)[1])
     for line in lines:
+        if " failed: " in line:  # connection to server at "h", port 1 failed: Connection refused
+            return one_line(line.rsplit(" failed: ", 1)[1])
+    for line in lines:
         if "error:" in line:
             return one_line(line.split("error:", 1)[1])
     return one_line(lines[-1]) if lines else "unknown error"

@@ -36,8 +36,9 @@ import hashlib
 import logging
 import secrets
 import subprocess
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -50,7 +51,7 @@ from citus_backup.runner import dbprops, layout, listing, pg
 from citus_backup.runner.config import PgConfig, S3Config
 from citus_backup.runner.manifest import DatabaseEntry, Manifest
 from citus_backup.runner.progress import DEFAULT_INTERVAL, Counter, Progress
-from citus_backup.runner.s3 import Cancelled, S3Store
+from citus_backup.runner.s3 import Cancelled, RangedRead, S3Store
 from citus_backup.runner.selection import default_jobs, quote_name
 from citus_backup.runner.summary import RunSummary
 
@@ -104,6 +105,54 @@ class RestoreOptions:
     cpus: int = 1
     progress_interval: float = DEFAULT_INTERVAL
     hooks: RestoreHooks = field(default_factory=NoHooks)
+
+
+class _Feed:
+    """Copies object chunks into pg_restore's stdin, hashing and counting them."""
+
+    def __init__(
+        self,
+        child: pg.Child,
+        expected_size: int,
+        verify: bool,
+        counter: Counter | None,
+        cancelled: threading.Event,
+    ) -> None:
+        self.child = child
+        self.expected_size = expected_size
+        self.verify = verify
+        self.counter = counter
+        self.cancelled = cancelled
+        self.hasher = hashlib.sha256()
+        self.size = 0
+        self._open = True
+
+    def run(self, chunks: Iterable[bytes]) -> None:
+        for chunk in chunks:
+            if self.cancelled.is_set():
+                raise Cancelled("stopped: the run is being cancelled")
+            self.hasher.update(chunk)
+            self.size += len(chunk)
+            if self.counter is not None:
+                self.counter.add(len(chunk))
+            if not self._open:
+                continue
+            try:
+                self.child.write_all(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                # pg_restore is done (TOC-only sections) or failed.
+                self._open = False
+                code = self.child.wait()
+                if code == 0 and not self.verify:
+                    return
+                if code != 0 and self.expected_size - self.size > DRAIN_LIMIT:
+                    return
+                # Otherwise read on: the checksum tells corruption from
+                # other failures, and the data pass verifies the whole object.
+
+    def finish(self) -> int:
+        self.child.close_stdin()
+        return self.child.wait()
 
 
 def checksum_error(what: str, detail: str) -> PermanentError:
@@ -181,11 +230,13 @@ class _Restore:
     ) -> str:
         """One pg_restore pass fed from S3; returns the object's ETag.
 
-        The ``data`` pass verifies size and sha256 of the whole object.
+        The ``data`` pass streams the whole object and verifies its size and
+        sha256; the other passes read ranges until pg_restore has the table of
+        contents it needs.
         """
         verify = section == "data"
-        shown = quote_name(entry.name)
-        what = f"restore ({section}) of database {shown}"
+        expected = entry.object
+        what = f"restore ({section}) of database {quote_name(entry.name)}"
         argv = [
             pg.tool("pg_restore"),
             *self._restore_args(),
@@ -194,47 +245,34 @@ class _Restore:
             self.pg_config.conninfo(database),
         ]
         child = self.children.start(argv, self.env, stdin=subprocess.PIPE, label="pg_restore")
-        hasher = hashlib.sha256()
-        size = 0
-        consumer_open = True
-        expected = entry.object
+        feed = _Feed(child, expected.size, verify, counter, self.children.cancelled)
         try:
-            with self.store.open_read(key, if_match=etag) as read:
-                etag = read.etag
-                for chunk in read.chunks:
-                    if self.children.cancelled.is_set():
-                        raise Cancelled("stopped: the run is being cancelled")
-                    hasher.update(chunk)
-                    size += len(chunk)
-                    if counter is not None:
-                        counter.add(len(chunk))
-                    if consumer_open:
-                        try:
-                            child.write_all(chunk)
-                        except (BrokenPipeError, ConnectionResetError):
-                            # pg_restore is done (TOC-only sections) or failed.
-                            consumer_open = False
-                            code = child.wait()
-                            if code == 0 and not verify:
-                                break
-                            if code != 0 and expected.size - size > DRAIN_LIMIT:
-                                break
-                            # Otherwise read on: the checksum tells corruption
-                            # from other failures.
-            child.close_stdin()
-            code = child.wait()
+            if verify:
+                with self.store.open_read(key, if_match=etag) as read:
+                    feed.run(read.chunks)
+                    etag = read.etag
+            else:
+                ranged = RangedRead(self.store, key, expected.size, etag)
+                chunks = ranged.chunks()
+                try:
+                    feed.run(chunks)
+                finally:
+                    chunks.close()
+                etag = ranged.etag
+            code = feed.finish()
         except BaseException:
             child.terminate()
             raise
         finally:
             self.children.done(child)
-        complete = size == expected.size
-        if complete and hasher.hexdigest() != expected.sha256:
-            raise checksum_error(what, f"sha256 {hasher.hexdigest()} != {expected.sha256}")
+        digest = feed.hasher.hexdigest()
+        complete = feed.size == expected.size
+        if complete and digest != expected.sha256:
+            raise checksum_error(what, f"sha256 {digest} != {expected.sha256}")
         if code != 0:
             raise child.failure(what)
         if verify and not complete:
-            raise checksum_error(what, f"{size} bytes read, manifest says {expected.size}")
+            raise checksum_error(what, f"{feed.size} bytes read, manifest says {expected.size}")
         return etag
 
     def restore_into(self, entry: DatabaseEntry, key: str, database: str, target: str) -> None:

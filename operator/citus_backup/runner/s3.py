@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Protocol
@@ -53,6 +53,9 @@ log = logging.getLogger("citus_backup.runner")
 
 #: Bytes per read when streaming an object down.
 READ_CHUNK = 1024 * 1024
+#: First and largest request of a :class:`RangedRead`.
+FIRST_RANGE = 256 * 1024
+LARGEST_RANGE = 64 * 1024 * 1024
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 120.0
 #: urllib3 retries per request (connection errors, 500/502/503/504).
@@ -286,12 +289,18 @@ class S3Store:
         return ObjectStat(key, int(result.size or 0), str(result.etag or ""))
 
     @contextlib.contextmanager
-    def open_read(self, key: str, if_match: str | None = None) -> Iterator[ObjectRead]:
+    def open_read(
+        self, key: str, if_match: str | None = None, offset: int = 0, length: int = 0
+    ) -> Iterator[ObjectRead]:
+        """Stream an object (or ``length`` bytes from ``offset``); ``if_match``
+        (an ETag) makes S3 refuse if the object was replaced meanwhile."""
         headers: dict[str, str | list[str] | tuple[str]] | None = (
             {"If-Match": f'"{if_match}"'} if if_match else None
         )
         try:
-            response = self.client.get_object(self.bucket, key, request_headers=headers)
+            response = self.client.get_object(
+                self.bucket, key, offset=offset, length=length, request_headers=headers
+            )
         except Exception as exc:
             raise self._error(exc, "download", key) from exc
         try:
@@ -374,6 +383,49 @@ class S3Store:
         return [(str(u.object_name), str(u.upload_id)) for u in result.uploads]
 
 
+class RangedRead:
+    """Reads an object with ranged GETs of growing size (256 KiB, 1 MiB, ...).
+
+    For a reader that needs only the head of an object — pg_restore reading
+    a dump's table of contents — a plain GET would make S3 push far more than
+    is read (socket buffers fill before the reader stops); growing ranges
+    bound the waste while still reading a long head efficiently.
+    """
+
+    def __init__(
+        self,
+        store: S3Store,
+        key: str,
+        size: int,
+        if_match: str | None = None,
+        *,
+        first: int = FIRST_RANGE,
+        largest: int = LARGEST_RANGE,
+    ) -> None:
+        self.store = store
+        self.key = key
+        self.size = size
+        self.etag = if_match or ""
+        self.first = first
+        self.largest = largest
+
+    def chunks(self) -> Generator[bytes, None, None]:
+        offset, length = 0, self.first
+        while offset < self.size:
+            with self.store.open_read(
+                self.key, self.etag or None, offset, min(length, self.size - offset)
+            ) as read:
+                self.etag = self.etag or read.etag
+                got = 0
+                for chunk in read.chunks:
+                    got += len(chunk)
+                    yield chunk
+            if not got:
+                return
+            offset += got
+            length = min(length * 4, self.largest)
+
+
 class MultipartTarget(Protocol):
     """What :class:`StreamUploader` needs (S3Store, or a fake in tests)."""
 
@@ -393,6 +445,56 @@ class UploadResult:
     parts: int  # 0 for a single PUT
 
 
+class _Buffers:
+    """The part buffers of one upload.
+
+    Buffers are recycled (filling a part reuses the memory of an uploaded
+    one: no allocator churn, which would keep freed multi-MiB blocks and
+    inflate the resident size), and each buffer holds one slot of the run's
+    ``budget`` from allocation until the upload ends, so the memory of all
+    uploads together is at most ``budget x part size``.
+    """
+
+    def __init__(
+        self, budget: threading.BoundedSemaphore | None, waiting: Callable[[], None]
+    ) -> None:
+        self._budget = budget
+        self._waiting = waiting
+        self._free: list[bytearray] = []
+        self._owned = 0
+        self._lock = threading.Lock()
+
+    def get(self, size: int) -> bytearray:
+        with self._lock:
+            while self._free:
+                buf = self._free.pop()
+                if len(buf) == size:
+                    return buf
+                self._release_one()  # parts grew: drop the smaller buffer
+        if self._budget is not None:
+            while not self._budget.acquire(timeout=0.2):
+                self._waiting()
+        with self._lock:
+            self._owned += 1
+        return bytearray(size)
+
+    def put(self, buf: bytearray) -> None:
+        with self._lock:
+            self._free.append(buf)
+
+    def _release_one(self) -> None:
+        self._owned -= 1
+        if self._budget is not None:
+            self._budget.release()
+
+    def close(self) -> None:
+        """The upload is over: give every slot back."""
+        with self._lock:
+            self._free.clear()
+            while self._owned:
+                self._release_one()
+
+
 ReadInto = Callable[[memoryview], int]
 OnData = Callable[[memoryview], None]
 
@@ -406,8 +508,12 @@ class StreamUploader:
         pool: ThreadPoolExecutor,
         schedule: PartSchedule | None = None,
         max_inflight: int = 2,
+        *,
         cancel: threading.Event | None = None,
+        budget: threading.BoundedSemaphore | None = None,
     ) -> None:
+        """``budget`` caps the part buffers of all uploads sharing it; it must
+        allow at least one buffer per concurrent upload."""
         if max_inflight < 1:
             raise ValueError("max_inflight must be at least 1")
         self.target = target
@@ -415,13 +521,13 @@ class StreamUploader:
         self.schedule = schedule or PartSchedule()
         self.max_inflight = max_inflight
         self.cancel = cancel or threading.Event()
+        self.budget = budget
 
     def _fill(self, buf: bytearray, readinto: ReadInto, on_data: OnData) -> int:
         pos = 0
         with memoryview(buf) as view:
             while pos < len(buf):
-                if self.cancel.is_set():
-                    raise Cancelled("stopped: the run is being cancelled")
+                self._check_cancel()
                 with view[pos:] as free:
                     count = readinto(free)
                 if not count:
@@ -431,15 +537,20 @@ class StreamUploader:
                 pos += count
         return pos
 
-    def _next_buffer(self, part_number: int, key: str) -> bytearray:
+    def _check_cancel(self) -> None:
+        if self.cancel.is_set():
+            raise Cancelled("stopped: the run is being cancelled")
+
+    def _next_buffer(self, part_number: int, key: str, buffers: _Buffers) -> bytearray:
         try:
-            return bytearray(self.schedule.size(part_number))
+            size = self.schedule.size(part_number)
         except PartLimitExceeded as exc:
             raise PermanentError(
                 f"{key}: the stream is larger than S3's 10,000 parts can hold "
                 f"({self.schedule.capacity()} bytes)",
                 reason="ObjectTooLarge",
             ) from exc
+        return buffers.get(size)
 
     def upload(
         self,
@@ -455,7 +566,33 @@ class StreamUploader:
         object becomes visible; if it raises (the producer exited non-zero),
         the upload is aborted instead of completed.
         """
-        buf = self._next_buffer(1, key)
+        futures: list[Future[tuple[int, str]]] = []
+        failed = threading.Event()
+
+        def waiting() -> None:
+            self._check(futures, failed)
+            self._check_cancel()
+
+        buffers = _Buffers(self.budget, waiting)
+        try:
+            return self._upload(
+                key, readinto, on_data, content_type, before_complete, buffers, futures, failed
+            )
+        finally:
+            buffers.close()
+
+    def _upload(  # noqa: PLR0917 - internal, called once
+        self,
+        key: str,
+        readinto: ReadInto,
+        on_data: OnData,
+        content_type: str,
+        before_complete: Callable[[], None] | None,
+        buffers: _Buffers,
+        futures: list[Future[tuple[int, str]]],
+        failed: threading.Event,
+    ) -> UploadResult:
+        buf = self._next_buffer(1, key, buffers)
         filled = self._fill(buf, readinto, on_data)
         if filled < len(buf):
             del buf[filled:]
@@ -465,30 +602,33 @@ class StreamUploader:
             return UploadResult(key, filled, 0)
         upload_id = self.target.create_multipart(key, content_type)
         slots = threading.BoundedSemaphore(self.max_inflight)
-        futures: list[Future[tuple[int, str]]] = []
-        failed = threading.Event()
         try:
             part_number, total = 1, 0
             while True:
                 while not slots.acquire(timeout=0.2):
                     self._check(futures, failed)
-                self._check(futures, failed)
-                futures.append(
-                    self.pool.submit(
-                        self._send,
-                        key=key,
-                        upload_id=upload_id,
-                        part_number=part_number,
-                        data=buf,
-                        slots=slots,
-                        failed=failed,
+                try:
+                    self._check(futures, failed)
+                    futures.append(
+                        self.pool.submit(
+                            self._send,
+                            key=key,
+                            upload_id=upload_id,
+                            part_number=part_number,
+                            data=buf,
+                            slots=slots,
+                            failed=failed,
+                            buffers=buffers,
+                        )
                     )
-                )
+                except BaseException:
+                    slots.release()
+                    raise
                 total += filled
                 if filled < len(buf):
                     break
                 part_number += 1
-                buf = self._next_buffer(part_number, key)
+                buf = self._next_buffer(part_number, key, buffers)
                 filled = self._fill(buf, readinto, on_data)
                 if filled == 0:
                     break
@@ -526,14 +666,17 @@ class StreamUploader:
         data: bytearray,
         slots: threading.BoundedSemaphore,
         failed: threading.Event,
+        buffers: _Buffers,
     ) -> tuple[int, str]:
         try:
-            return part_number, self.target.upload_part(key, upload_id, part_number, data)
+            etag = self.target.upload_part(key, upload_id, part_number, data)
         except BaseException:
             failed.set()
             raise
         finally:
             slots.release()
+        buffers.put(data)
+        return part_number, etag
 
     def _abort(self, key: str, upload_id: str) -> None:
         try:

@@ -1,0 +1,276 @@
+"""The Kubernetes API for the reconcilers (:class:`citus_backup.reconcile.ports.Cluster`).
+
+Built on the official ``kubernetes`` client (synchronous: kopf runs sync
+handlers in its thread pool). ``ApiException`` never leaves this module:
+
+* 404 on a read returns ``None``; on a write it is :class:`NotFoundError`;
+* 409 on a create returns ``False`` (create-or-ignore: deterministic names
+  make creates idempotent across operator restarts);
+* 429 and 5xx (and connection errors) become :class:`TransientError`;
+* anything else (403 from missing RBAC, 422 from validation) becomes
+  :class:`PermanentError` naming the operation and the API's message.
+
+Secret values are decoded in memory for the reconcilers' checks and never
+logged; error messages name Secrets and keys, never values.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from kubernetes.client import ApiClient, BatchV1Api, CoreV1Api, CustomObjectsApi, V1Job, V1Pod
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
+
+from citus_backup.api.common import GROUP, VERSION
+from citus_backup.errors import PermanentError, TransientError
+from citus_backup.reconcile.ports import JobState, Kind
+
+T = TypeVar("T")
+
+#: Seconds to wait before retrying after 429/5xx when the server gives no Retry-After.
+DEFAULT_RETRY_DELAY = 5.0
+#: Label the Job controller puts on a Job's pods.
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+#: Seconds a single API request may take.
+REQUEST_TIMEOUT = 30
+
+
+class NotFoundError(PermanentError):
+    """The object does not exist (HTTP 404)."""
+
+    reason = "NotFound"
+
+
+class AlreadyExistsError(PermanentError):
+    """An object of that name exists (HTTP 409 on create)."""
+
+    reason = "Conflict"
+
+
+def convert(exc: ApiException, what: str) -> PermanentError | TransientError:
+    """The project error for an ``ApiException`` raised while doing ``what``."""
+    status = int(exc.status or 0)
+    detail = _api_message(exc)
+    message = f"{what}: HTTP {status}{': ' + detail if detail else ''}"
+    if status == 404:
+        return NotFoundError(message)
+    if status == 409:
+        return AlreadyExistsError(message)
+    if status == 429 or status >= 500 or status == 0:
+        delay = DEFAULT_RETRY_DELAY
+        retry_after = (exc.headers or {}).get("Retry-After") if exc.headers else None
+        if retry_after:
+            with contextlib.suppress(ValueError):
+                delay = max(float(retry_after), 1.0)
+        return TransientError(message, reason="ApiUnavailable", delay=delay)
+    if status in (401, 403):
+        return PermanentError(message, reason="Forbidden")
+    return PermanentError(message, reason="ApiError")
+
+
+def _api_message(exc: ApiException) -> str:
+    import json  # noqa: PLC0415 (only on errors)
+
+    body = exc.body
+    if isinstance(body, bytes):
+        body = body.decode(errors="replace")
+    if isinstance(body, str) and body:
+        with contextlib.suppress(ValueError, AttributeError):
+            return str(json.loads(body).get("message", ""))[:1000]
+    return str(exc.reason or "")
+
+
+@contextlib.contextmanager
+def _errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except ApiException as exc:
+        raise convert(exc, what) from None
+    except HTTPError as exc:
+        raise TransientError(
+            f"{what}: Kubernetes API unreachable ({type(exc).__name__})",
+            reason="ApiUnavailable",
+            delay=DEFAULT_RETRY_DELAY,
+        ) from None
+
+
+def _read(call: Callable[[], T], what: str) -> T | None:
+    try:
+        with _errors(what):
+            return call()
+    except NotFoundError:
+        return None
+
+
+class KubeCluster:
+    """:class:`~citus_backup.reconcile.ports.Cluster` over a ``kubernetes.client.ApiClient``."""
+
+    def __init__(self, api_client: ApiClient) -> None:
+        self._custom = CustomObjectsApi(api_client)
+        self._core = CoreV1Api(api_client)
+        self._batch = BatchV1Api(api_client)
+
+    # ----------------------------------------------------------------- custom objects
+
+    def get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
+        result = _read(
+            lambda: self._custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, kind.value, name, _request_timeout=REQUEST_TIMEOUT
+            ),
+            f"get {kind.value} {namespace}/{name}",
+        )
+        return result if isinstance(result, dict) else None
+
+    def list(self, kind: Kind, namespace: str) -> list[dict[str, Any]]:
+        with _errors(f"list {kind.value} in {namespace}"):
+            answer = self._custom.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, kind.value, _request_timeout=REQUEST_TIMEOUT
+            )
+        items: list[dict[str, Any]] = answer.get("items", []) if isinstance(answer, dict) else []
+        return items
+
+    def create(self, kind: Kind, namespace: str, body: Mapping[str, Any]) -> bool:
+        name = body.get("metadata", {}).get("name", "")
+        try:
+            with _errors(f"create {kind.value} {namespace}/{name}"):
+                self._custom.create_namespaced_custom_object(
+                    GROUP, VERSION, namespace, kind.value, dict(body),
+                    _request_timeout=REQUEST_TIMEOUT,
+                )  # fmt: skip
+        except AlreadyExistsError:
+            return False
+        return True
+
+    def patch_status(
+        self, kind: Kind, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> None:
+        with _errors(f"patch status of {kind.value} {namespace}/{name}"):
+            self._custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, kind.value, name, {"status": dict(status)},
+                _request_timeout=REQUEST_TIMEOUT,
+            )  # fmt: skip
+
+    # ----------------------------------------------------------------- secrets, config maps
+
+    def secret_data(self, namespace: str, name: str) -> Mapping[str, bytes] | None:
+        secret = _read(
+            lambda: self._core.read_namespaced_secret(
+                name, namespace, _request_timeout=REQUEST_TIMEOUT
+            ),
+            f"get Secret {namespace}/{name}",
+        )
+        if secret is None:
+            return None
+        data = {key: base64.b64decode(value) for key, value in (secret.data or {}).items()}
+        for key, value in (secret.string_data or {}).items():
+            data[key] = value.encode()
+        return data
+
+    def config_map_keys(self, namespace: str, name: str) -> Sequence[str] | None:
+        config_map = _read(
+            lambda: self._core.read_namespaced_config_map(
+                name, namespace, _request_timeout=REQUEST_TIMEOUT
+            ),
+            f"get ConfigMap {namespace}/{name}",
+        )
+        if config_map is None:
+            return None
+        return [*(config_map.data or {}), *(config_map.binary_data or {})]
+
+    # ----------------------------------------------------------------- jobs
+
+    def create_job(self, job: V1Job) -> bool:
+        if job.metadata is None or not job.metadata.namespace:
+            raise ValueError("a Job to create needs metadata.namespace")
+        namespace: str = job.metadata.namespace
+        try:
+            with _errors(f"create Job {namespace}/{job.metadata.name}"):
+                self._batch.create_namespaced_job(namespace, job, _request_timeout=REQUEST_TIMEOUT)
+        except AlreadyExistsError:
+            return False
+        return True
+
+    def job_state(self, namespace: str, name: str) -> JobState | None:
+        job = _read(
+            lambda: self._batch.read_namespaced_job(
+                name, namespace, _request_timeout=REQUEST_TIMEOUT
+            ),
+            f"get Job {namespace}/{name}",
+        )
+        if job is None:
+            return None
+        with _errors(f"list pods of Job {namespace}/{name}"):
+            pods = self._core.list_namespaced_pod(
+                namespace,
+                label_selector=f"{JOB_NAME_LABEL}={name}",
+                _request_timeout=REQUEST_TIMEOUT,
+            ).items
+        return job_state_of(job, pods)
+
+
+def job_state_of(job: V1Job, pods: Sequence[V1Pod]) -> JobState:
+    """A :class:`JobState` from a Job and its pods (pure; unit-tested)."""
+    status = job.status
+    complete = failed = False
+    failure_reason = failure_message = None
+    for condition in (status.conditions if status else None) or []:
+        if condition.status != "True":
+            continue
+        if condition.type == "Complete":
+            complete = True
+        elif condition.type == "Failed":
+            failed = True
+            failure_reason, failure_message = condition.reason, condition.message
+    running = bool(status and (status.ready or 0) > 0)
+    latest: tuple[datetime, str] | None = None
+    for pod in pods:
+        if pod.status is None:
+            continue
+        running = running or pod.status.phase == "Running"
+        for container in pod.status.container_statuses or []:
+            terminated = container.state.terminated if container.state else None
+            if terminated is None or not terminated.message:
+                continue
+            finished = terminated.finished_at or datetime.min
+            key = (_naive_utc(finished), terminated.message)
+            if latest is None or key[0] >= latest[0]:
+                latest = key
+    return JobState(
+        name=job.metadata.name if job.metadata and job.metadata.name else "",
+        complete=complete,
+        failed=failed,
+        failure_reason=failure_reason,
+        failure_message=failure_message,
+        running=running and not (complete or failed),
+        start_time=status.start_time if status else None,
+        completion_time=status.completion_time if status else None,
+        termination_message=latest[1] if latest else None,
+    )
+
+
+def _naive_utc(value: datetime) -> datetime:
+    """Naive UTC, so aware and naive times (fakes, older clients) compare."""
+    if value.tzinfo is None:
+        return value
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
+def api_client() -> ApiClient:
+    """A client from ``KUBECONFIG`` (or ~/.kube/config), else the in-cluster ServiceAccount."""
+    import os  # noqa: PLC0415
+
+    from kubernetes import config  # noqa: PLC0415
+
+    kubeconfig = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+    if os.path.exists(kubeconfig.split(os.pathsep)[0]):
+        client: ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig
+        )
+        return client
+    config.load_incluster_config()  # type: ignore[no-untyped-call]
+    return ApiClient()

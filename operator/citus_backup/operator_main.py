@@ -1,0 +1,135 @@
+"""``citus-backup operator``: run the kopf operator.
+
+Scope: ``--all-namespaces`` (the shipped Deployment) or one or more
+``--namespace``. ``--standalone`` skips kopf's peering (the Deployment runs
+one replica with the Recreate strategy, so two operators never overlap; even
+if they did, deterministic names and create-or-ignore-409 keep runs and Jobs
+unique). ``--liveness`` serves kopf's health endpoint for the liveness probe.
+
+Kubernetes access: in a pod, the ServiceAccount; elsewhere ``KUBECONFIG``
+(the tests use a kubeconfig minted for the operator's ServiceAccount, so the
+RBAC in ``manifests/`` is exactly what is exercised). kopf and the
+``kubernetes`` client both read the same configuration.
+
+kopf's own bookkeeping goes to annotations and a finalizer under the
+``citusbackup.io`` prefix (the CRDs' structural schemas would prune
+``status.kopf``), and only warnings from logs become Events: the operator
+posts its own Events (BackupSucceeded, BackupFailed, ...) explicitly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import Any
+
+#: Default runner image for Jobs (a policy's jobTemplate.image overrides it).
+DEFAULT_IMAGE = "citus-backup-operator:dev"
+#: Environment variable the Deployment sets to the operator's own image.
+IMAGE_ENV = "CITUS_BACKUP_RUNNER_IMAGE"
+#: Prefix of kopf's annotations and finalizer on our objects.
+KOPF_PREFIX = "citusbackup.io"
+FINALIZER = f"{KOPF_PREFIX}/operator"
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "operator",
+        help="run the operator (schedules backups, runs backup and restore Jobs)",
+        description="Run the citus-backup operator (kopf).",
+    )
+    scope = parser.add_mutually_exclusive_group(required=True)
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        dest="namespaces",
+        metavar="NS",
+        help="serve this namespace (repeatable; kopf glob patterns allowed)",
+    )
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="serve every namespace")
+    parser.add_argument(
+        "--standalone", action="store_true", help="no peering with other operator instances"
+    )
+    parser.add_argument(
+        "--liveness",
+        metavar="URL",
+        help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz",
+    )
+    parser.add_argument(
+        "--image",
+        default=os.environ.get(IMAGE_ENV, DEFAULT_IMAGE),
+        help=f"runner image of the Jobs (default ${IMAGE_ENV} or {DEFAULT_IMAGE})",
+    )
+    parser.add_argument(
+        "--schedule-interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds between scheduler ticks of a policy (default 10)",
+    )
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds between looks at a running backup or restore Job (default 10)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.set_defaults(func=run)
+
+
+def configure(settings: Any, *, verbose: bool) -> None:
+    """kopf settings: our prefix for its bookkeeping, quiet Events, no status.kopf."""
+    import kopf  # noqa: PLC0415
+
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=KOPF_PREFIX, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.networking.error_backoffs = (1, 2, 5, 10)
+    if verbose:
+        settings.posting.level = logging.INFO
+
+
+def run(args: argparse.Namespace) -> int:
+    import kopf  # noqa: PLC0415
+
+    from citus_backup.clients.events import KopfEvents  # noqa: PLC0415
+    from citus_backup.clients.kube import KubeCluster, api_client  # noqa: PLC0415
+    from citus_backup.clients.postgres import PsycopgProbe  # noqa: PLC0415
+    from citus_backup.controllers import register as register_handlers  # noqa: PLC0415
+    from citus_backup.reconcile.common import Deps  # noqa: PLC0415
+
+    deps = Deps(
+        cluster=KubeCluster(api_client()),
+        events=KopfEvents(),
+        image=args.image,
+        probe=PsycopgProbe(),
+        poll_seconds=args.poll_interval,
+    )
+    registry = kopf.OperatorRegistry()
+    register_handlers(registry, deps, schedule_interval=args.schedule_interval)
+
+    @kopf.on.startup(registry=registry)
+    def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        configure(settings, verbose=args.verbose)
+
+    @kopf.on.login(registry=registry)
+    def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # Same source as the kubernetes client above: KUBECONFIG, else in-cluster.
+        return kopf.login_via_client(**kwargs)
+
+    kopf.configure(verbose=args.verbose)
+    kopf.run(
+        registry=registry,
+        standalone=args.standalone,
+        clusterwide=bool(args.all_namespaces),
+        namespaces=args.namespaces or (),
+        liveness_endpoint=args.liveness,
+    )
+    return 0

@@ -1,0 +1,377 @@
+"""CitusBackupPolicy: the in-operator scheduler, and the policy's status.
+
+Scheduling runs in the operator (as Velero and CloudNativePG do), from a kopf
+timer that calls :meth:`PolicyReconciler.reconcile` every few seconds. Each
+call is idempotent:
+
+1. Check the Secrets the Jobs will need (condition Ready; a Warning Event
+   only when the reason changes, so a missing Secret is not a storm).
+2. :func:`citus_backup.specs.schedule.decide` says whether a run is due at
+   ``now`` given ``status.lastScheduleTime`` (or the creation time): the most
+   recent fire time, in the policy's time zone (DST-correct), if it is not
+   older than ``startingDeadlineSeconds`` — which is also the one catch-up
+   run after operator downtime. ``suspend`` stops it.
+3. A due run creates the CitusBackup ``<policy>-<YYYYMMDDHHMM>`` (the
+   scheduled time, UTC) with create-or-ignore-409: a restart, a stale read or
+   two operators can never start a run twice. While a backup of the policy
+   is still active the run is *skipped* (lastScheduleTime advances, Warning
+   Event MissedSchedule says why). A run older than the deadline is *missed*
+   (condition LastBackupSucceeded=False, MissedSchedule).
+4. The status gets lastScheduleTime, nextScheduleTime, the result of the
+   latest finished backup (LastBackupSucceeded, lastSuccessfulBackup,
+   lastFailureMessage) and observedGeneration.
+
+While the policy is not Ready nothing is created and lastScheduleTime does
+not advance, so fixing the Secret in time still runs the due backup.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from citus_backup.api.backup import CitusBackup
+from citus_backup.api.common import (
+    ANNOTATION_SCHEDULED_TIME,
+    APP_NAME,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    LABEL_POLICY,
+    LABEL_TRIGGER,
+    MANAGER_NAME,
+    Condition,
+    ConditionType,
+    Phase,
+    Reason,
+    find_condition,
+    make_condition,
+    set_condition,
+)
+from citus_backup.api.policy import CitusBackupPolicy
+from citus_backup.errors import PermanentError
+from citus_backup.reconcile.common import (
+    NORMAL,
+    WARNING,
+    Deps,
+    changes,
+    check_references,
+    parse,
+    ref_body,
+    time_str,
+)
+from citus_backup.reconcile.ports import Kind
+from citus_backup.specs.names import label_value, scheduled_backup_name
+from citus_backup.specs.retention import tiers_for_run
+from citus_backup.specs.schedule import ScheduleDecision, decide
+
+logger = logging.getLogger(__name__)
+
+#: Event reason when the schedule creates a CitusBackup.
+BACKUP_SCHEDULED = "BackupScheduled"
+#: Value of the trigger label on scheduled CitusBackups.
+TRIGGER_SCHEDULED = "scheduled"
+
+
+def backups_of(deps: Deps, policy: CitusBackupPolicy) -> list[CitusBackup]:
+    """Every CitusBackup of the policy (scheduled and manual), parsed."""
+    result: list[CitusBackup] = []
+    for item in deps.cluster.list(Kind.BACKUP, policy.namespace or ""):
+        if item.get("spec", {}).get("policyName") != policy.name:
+            continue
+        try:
+            result.append(CitusBackup.model_validate(item))
+        except ValidationError:
+            continue
+    return result
+
+
+def _finished_key(backup: CitusBackup) -> tuple[datetime, str]:
+    when = backup.status.completion_time or backup.metadata.creation_timestamp
+    assert when is not None
+    return (when, backup.name)
+
+
+def backup_summary(
+    backups: Sequence[CitusBackup],
+    conditions: Sequence[Condition],
+    *,
+    now: datetime,
+    generation: int | None,
+) -> tuple[dict[str, Any], tuple[Condition, ...]]:
+    """Status fields and LastBackupSucceeded from the policy's backups (pure)."""
+    finished = sorted(
+        (
+            b
+            for b in backups
+            if b.status.phase is not None
+            and b.status.phase.finished
+            and (b.status.completion_time or b.metadata.creation_timestamp)
+        ),
+        key=_finished_key,
+    )
+    succeeded = [b for b in finished if b.status.phase is Phase.SUCCEEDED]
+    failed = [b for b in finished if b.status.phase is Phase.FAILED]
+    fields: dict[str, Any] = {}
+    if succeeded:
+        last_ok = succeeded[-1]
+        fields["lastSuccessfulBackup"] = {
+            "name": last_ok.name,
+            "time": time_str(last_ok.status.completion_time),
+        }
+    if failed:
+        fields["lastFailureMessage"] = f"{failed[-1].name}: {failed[-1].status.message or ''}"
+    current = find_condition(conditions, ConditionType.LAST_BACKUP_SUCCEEDED)
+    if finished:
+        last = finished[-1]
+        ok = last.status.phase is Phase.SUCCEEDED
+        # A missed run recorded after the latest finished backup stays visible.
+        if (
+            current is not None
+            and current.reason == Reason.MISSED_SCHEDULE
+            and current.last_transition_time > _finished_key(last)[0]
+        ):
+            return fields, tuple(conditions)
+        condition = make_condition(
+            ConditionType.LAST_BACKUP_SUCCEEDED,
+            ok,
+            Reason.BACKUP_SUCCEEDED if ok else Reason.BACKUP_FAILED,
+            f"{last.name}: {last.status.message or last.status.phase}",
+            now=now,
+            observed_generation=generation,
+        )
+    elif current is not None and current.reason == Reason.MISSED_SCHEDULE:
+        return fields, tuple(conditions)
+    else:
+        active = [b for b in backups if not (b.status.phase and b.status.phase.finished)]
+        condition = make_condition(
+            ConditionType.LAST_BACKUP_SUCCEEDED,
+            None,
+            Reason.BACKUP_RUNNING if active else Reason.NO_BACKUP_YET,
+            f"{active[0].name} is running" if active else "no backup has finished yet",
+            now=now,
+            observed_generation=generation,
+        )
+    return fields, set_condition(conditions, condition)
+
+
+def refresh_backup_summary(deps: Deps, policy: CitusBackupPolicy) -> None:
+    """Re-derive the policy's backup fields now (called when a backup finishes)."""
+    fresh = deps.cluster.get(Kind.POLICY, policy.namespace or "", policy.name)
+    if fresh is None:
+        return
+    policy = parse(CitusBackupPolicy, fresh)
+    fields, conditions = backup_summary(
+        backups_of(deps, policy),
+        policy.status.conditions,
+        now=deps.clock(),
+        generation=policy.metadata.generation,
+    )
+    fields["conditions"] = [c.to_dict() for c in conditions]
+    if changes(policy.status.to_dict(), fields):
+        deps.cluster.patch_status(Kind.POLICY, policy.namespace or "", policy.name, fields)
+
+
+def scheduled_backup_body(policy: CitusBackupPolicy, run: datetime) -> dict[str, Any]:
+    """The CitusBackup of the scheduled run at ``run`` (not owned by the policy)."""
+    tiers = tiers_for_run(policy.spec, run)
+    spec: dict[str, Any] = {"policyName": policy.name, "tier": str(tiers[0])}
+    if tiers[1:]:
+        spec["alsoTiers"] = [str(t) for t in tiers[1:]]
+    return {
+        "apiVersion": "citusbackup.io/v1alpha1",
+        "kind": "CitusBackup",
+        "metadata": {
+            "name": scheduled_backup_name(policy.name, run),
+            "namespace": policy.namespace,
+            "labels": {
+                LABEL_NAME: APP_NAME,
+                LABEL_MANAGED_BY: MANAGER_NAME,
+                LABEL_POLICY: label_value(policy.name),
+                LABEL_TRIGGER: TRIGGER_SCHEDULED,
+            },
+            "annotations": {ANNOTATION_SCHEDULED_TIME: time_str(run)},
+        },
+        "spec": spec,
+    }
+
+
+class PolicyReconciler:
+    """Runs the schedule of one policy per call and writes its status."""
+
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    def reconcile(self, name: str, namespace: str) -> None:
+        with self.deps.locked("CitusBackupPolicy", namespace, name):
+            body = self.deps.cluster.get(Kind.POLICY, namespace, name)
+            if body is None or body.get("metadata", {}).get("deletionTimestamp"):
+                return
+            try:
+                policy = parse(CitusBackupPolicy, body)
+            except PermanentError as err:
+                self._not_ready(body, err)
+                return
+            self._reconcile(policy)
+
+    def _not_ready(self, body: dict[str, Any], err: PermanentError) -> None:
+        """A policy the models reject (e.g. an unknown time zone) gets Ready=False."""
+        meta = body.get("metadata", {})
+        conditions = [
+            Condition.model_validate(c) for c in body.get("status", {}).get("conditions", [])
+        ]
+        old = find_condition(conditions, ConditionType.READY)
+        condition = make_condition(
+            ConditionType.READY,
+            False,
+            Reason.INVALID_SPEC,
+            err.message,
+            now=self.deps.clock(),
+            observed_generation=meta.get("generation"),
+        )
+        if old is not None and old.reason == condition.reason and old.message == err.message:
+            return
+        status = {
+            "conditions": [c.to_dict() for c in set_condition(conditions, condition)],
+            "observedGeneration": meta.get("generation"),
+            "nextScheduleTime": None,
+        }
+        self.deps.cluster.patch_status(
+            Kind.POLICY, meta.get("namespace", ""), meta.get("name", ""), status
+        )
+        self.deps.events.emit(body, WARNING, str(Reason.INVALID_SPEC), err.message)
+
+    def _reconcile(self, policy: CitusBackupPolicy) -> None:
+        deps = self.deps
+        namespace = policy.namespace or ""
+        spec = policy.spec
+        now = deps.clock()
+        generation = policy.metadata.generation
+        status = policy.status
+        conditions = status.conditions
+        fields: dict[str, Any] = {"observedGeneration": generation}
+
+        ready_reason, ready_message, ready = self._readiness(policy, now)
+        conditions = set_condition(
+            conditions,
+            make_condition(
+                ConditionType.READY,
+                ready,
+                ready_reason,
+                ready_message,
+                now=now,
+                observed_generation=generation,
+            ),
+        )
+        created = policy.metadata.creation_timestamp or now
+        decision = decide(
+            spec.schedule,
+            spec.time_zone,
+            now=now,
+            last_schedule_time=status.last_schedule_time,
+            created=created,
+            starting_deadline_seconds=spec.starting_deadline_seconds,
+            suspend=spec.suspend,
+        )
+        fields["nextScheduleTime"] = None if spec.suspend else time_str(decision.next_run)
+        backups = backups_of(deps, policy)
+        if ready:
+            conditions = self._act(policy, decision, backups, fields, conditions, now)
+
+        summary, conditions = backup_summary(
+            backups_of(deps, policy) if "lastScheduleTime" in fields else backups,
+            conditions,
+            now=now,
+            generation=generation,
+        )
+        fields.update(summary)
+        fields["conditions"] = [c.to_dict() for c in conditions]
+        if changes(status.to_dict(), fields):
+            deps.cluster.patch_status(Kind.POLICY, namespace, policy.name, fields)
+
+    def _readiness(self, policy: CitusBackupPolicy, now: datetime) -> tuple[Reason, str, bool]:
+        old = find_condition(policy.status.conditions, ConditionType.READY)
+        try:
+            check_references(
+                self.deps.cluster,
+                policy.namespace or "",
+                connection=policy.spec.coordinator,
+                storage=policy.spec.storage,
+            )
+        except PermanentError as err:
+            reason = (
+                Reason(err.reason)
+                if err.reason in Reason.__members__.values()
+                else (Reason.INVALID_SPEC)
+            )
+            if old is None or old.reason != reason or old.message != err.message:
+                self.deps.events.emit(ref_body(policy), WARNING, str(reason), err.message)
+            return reason, err.message, False
+        if policy.spec.suspend:
+            return Reason.SUSPENDED, "scheduling is suspended", True
+        return (
+            Reason.RECONCILED,
+            f"schedule {policy.spec.schedule!r} in {policy.spec.time_zone}",
+            True,
+        )
+
+    def _act(  # noqa: PLR0917
+        self,
+        policy: CitusBackupPolicy,
+        decision: ScheduleDecision,
+        backups: Sequence[CitusBackup],
+        fields: dict[str, Any],
+        conditions: tuple[Condition, ...],
+        now: datetime,
+    ) -> tuple[Condition, ...]:
+        deps = self.deps
+        namespace = policy.namespace or ""
+        if decision.missed is not None:
+            missed = time_str(decision.missed)
+            message = (
+                f"run scheduled at {missed} missed: more than "
+                f"startingDeadlineSeconds={policy.spec.starting_deadline_seconds} late"
+            )
+            deps.events.emit(ref_body(policy), WARNING, str(Reason.MISSED_SCHEDULE), message)
+            fields["lastScheduleTime"] = missed
+            return set_condition(
+                conditions,
+                make_condition(
+                    ConditionType.LAST_BACKUP_SUCCEEDED,
+                    False,
+                    Reason.MISSED_SCHEDULE,
+                    message,
+                    now=now,
+                    observed_generation=policy.metadata.generation,
+                ),
+            )
+        if decision.run is None:
+            return conditions
+        run = decision.run
+        name = scheduled_backup_name(policy.name, run)
+        active = [
+            b
+            for b in backups
+            if not (b.status.phase and b.status.phase.finished) and b.name != name
+        ]
+        fields["lastScheduleTime"] = time_str(run)
+        if active:
+            deps.events.emit(
+                ref_body(policy),
+                WARNING,
+                str(Reason.MISSED_SCHEDULE),
+                f"run scheduled at {time_str(run)} skipped: backup {active[0].name} is still "
+                "running (at most one backup per policy)",
+            )
+            return conditions
+        if deps.cluster.create(Kind.BACKUP, namespace, scheduled_backup_body(policy, run)):
+            deps.events.emit(
+                ref_body(policy),
+                NORMAL,
+                BACKUP_SCHEDULED,
+                f"created CitusBackup {name} for the run scheduled at {time_str(run)}",
+            )
+        return conditions

@@ -1,0 +1,337 @@
+"""CitusRestore: guards first, then the restore Job, then its outcome.
+
+Guards (each ends the restore as Failed with a clear reason, no Job):
+
+* BackupNotFound: ``backupName`` does not exist, or ``policyName`` has no
+  successful backup (completed before ``before``, if set);
+* BackupNotSucceeded: the named backup failed (a backup still running is
+  waited for instead);
+* PolicyNotFound, SecretNotFound, SecretKeyMissing, ConfigMapNotFound;
+* TargetExists: a target database exists and ``replace`` is not set. The
+  operator checks this itself (a read-only query with the password read from
+  the Secret into memory) so nothing runs; if the server cannot be asked, the
+  check is left to the runner, which refuses the same way (reason
+  TargetExists in its summary) and the status says the same.
+
+Then the restore waits while a backup of the same policy or another restore
+into the same databases holds a Job (see :mod:`.concurrency`), creates the
+Job (``build_restore_job``, owned by the CitusRestore, create-or-ignore-409)
+and records the outcome: restoredDatabases, backupId, Events
+RestoreSucceeded / RestoreFailed.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from citus_backup.api.backup import CitusBackup
+from citus_backup.api.common import ConditionType, Phase, Reason, make_condition, set_condition
+from citus_backup.api.policy import CitusBackupPolicy
+from citus_backup.api.restore import CitusRestore
+from citus_backup.errors import PermanentError, TransientError
+from citus_backup.reconcile import concurrency
+from citus_backup.reconcile.common import (
+    NORMAL,
+    WARNING,
+    Deps,
+    changes,
+    check_references,
+    fail_unparsable,
+    parse,
+    read_secret_value,
+    ref_body,
+    time_str,
+)
+from citus_backup.reconcile.jobs import DEADLINE_EXCEEDED, Progress, outcome
+from citus_backup.reconcile.ports import Kind
+from citus_backup.specs.jobs import build_restore_job
+from citus_backup.specs.names import restore_job_name
+
+logger = logging.getLogger(__name__)
+
+_REASONS = frozenset(Reason.__members__.values())
+
+
+class _Wait(Exception):
+    """Not yet: record ``message`` as Pending and look again later."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def latest_successful(
+    backups: list[CitusBackup], policy_name: str, before: datetime | None
+) -> CitusBackup | None:
+    """The most recently completed successful backup of the policy (before ``before``)."""
+    candidates = [
+        b
+        for b in backups
+        if b.spec.policy_name == policy_name
+        and b.status.phase is Phase.SUCCEEDED
+        and b.status.completion_time is not None
+        and (before is None or b.status.completion_time <= before)
+    ]
+    return max(candidates, key=lambda b: (b.status.completion_time, b.name), default=None)
+
+
+def targets_of(restore: CitusRestore, backup: CitusBackup) -> list[str]:
+    """The databases a restore writes (target names)."""
+    spec = restore.spec
+    if spec.target_database is not None:
+        return [spec.target_database]
+    if spec.databases:
+        return list(spec.databases)
+    return sorted(backup.status.databases)
+
+
+class RestoreReconciler:
+    """Reconciles one CitusRestore per call; returns seconds until the next look (None: done)."""
+
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+
+    def reconcile(self, name: str, namespace: str) -> float | None:
+        with self.deps.locked("CitusRestore", namespace, name):
+            fresh = self.deps.cluster.get(Kind.RESTORE, namespace, name)
+            if fresh is None:
+                return None
+            try:
+                restore = parse(CitusRestore, fresh)
+            except PermanentError as err:
+                fail_unparsable(self.deps, Kind.RESTORE, fresh, err)
+                return None
+            if restore.status.phase is not None and restore.status.phase.finished:
+                return None
+            try:
+                return self._reconcile(restore, namespace)
+            except _Wait as wait:
+                self._patch(restore, Phase.PENDING, Reason.PENDING, wait.message)
+                return self.deps.poll_seconds
+            except PermanentError as err:
+                self._finish(restore, Phase.FAILED, err.reason, err.message)
+                return None
+
+    # ------------------------------------------------------------------ steps
+
+    def _source(self, restore: CitusRestore, namespace: str) -> CitusBackup:
+        cluster = self.deps.cluster
+        spec = restore.spec
+        name = restore.status.backup_name or spec.backup_name
+        if name is None:
+            assert spec.policy_name is not None
+            backups = [parse(CitusBackup, item) for item in cluster.list(Kind.BACKUP, namespace)]
+            found = latest_successful(backups, spec.policy_name, spec.before)
+            if found is None:
+                before = f" completed before {time_str(spec.before)}" if spec.before else ""
+                raise PermanentError(
+                    f"CitusBackupPolicy {spec.policy_name} has no successful backup{before}",
+                    reason=Reason.BACKUP_NOT_FOUND,
+                )
+            return found
+        body = cluster.get(Kind.BACKUP, namespace, name)
+        if body is None:
+            raise PermanentError(
+                f"CitusBackup {name} not found in namespace {namespace}",
+                reason=Reason.BACKUP_NOT_FOUND,
+            )
+        backup = parse(CitusBackup, body)
+        if backup.status.phase is Phase.FAILED:
+            raise PermanentError(
+                f"CitusBackup {name} failed; restore from a successful backup",
+                reason=Reason.BACKUP_NOT_SUCCEEDED,
+            )
+        if backup.status.phase is not Phase.SUCCEEDED:
+            phase = backup.status.phase or Phase.PENDING
+            raise _Wait(f"waiting for CitusBackup {name} to finish (phase {phase})")
+        return backup
+
+    def _reconcile(self, restore: CitusRestore, namespace: str) -> float | None:
+        cluster = self.deps.cluster
+        backup = self._source(restore, namespace)
+        policy_body = cluster.get(Kind.POLICY, namespace, backup.spec.policy_name)
+        if policy_body is None:
+            raise PermanentError(
+                f"CitusBackupPolicy {backup.spec.policy_name} (of CitusBackup {backup.name}) "
+                f"not found in namespace {namespace}",
+                reason=Reason.POLICY_NOT_FOUND,
+            )
+        policy = parse(CitusBackupPolicy, policy_body)
+        job_name = restore_job_name(restore.name)
+        state = cluster.job_state(namespace, job_name)
+        if state is None:
+            if restore.status.job_name:
+                raise PermanentError(
+                    f"Job {job_name} disappeared before the restore finished",
+                    reason=Reason.JOB_NOT_FOUND,
+                )
+            return self._start(restore, backup, policy, namespace)
+        result = outcome(state)
+        if result.progress is Progress.SUCCEEDED:
+            # The runner's summary names what it restored; without one, what was asked.
+            databases = sorted((result.summary.get("databases") or {}).keys()) or targets_of(
+                restore, backup
+            )
+            names = ", ".join(databases) or "nothing"
+            self._finish(
+                restore,
+                Phase.SUCCEEDED,
+                Reason.RESTORE_SUCCEEDED,
+                f"restored {names} from backup {backup.status.backup_id} ({backup.name})",
+                state.completion_time,
+                {"restoredDatabases": databases},
+            )
+            return None
+        if result.progress is Progress.FAILED:
+            runner_reason = result.reason or ""
+            if runner_reason == DEADLINE_EXCEEDED:
+                reason: str = Reason.JOB_DEADLINE_EXCEEDED
+            elif runner_reason in _REASONS:
+                reason = runner_reason  # e.g. TargetExists from the runner's own refusal
+            else:
+                reason = Reason.RESTORE_FAILED
+            message = result.message or "the restore Job failed"
+            if reason == Reason.RESTORE_FAILED and runner_reason:
+                message = f"{runner_reason}: {message}"
+            self._finish(restore, Phase.FAILED, reason, message, state.completion_time)
+            return None
+        running = result.progress is Progress.RUNNING
+        self._patch(
+            restore,
+            Phase.RUNNING if running else Phase.PENDING,
+            Reason.RESTORE_RUNNING if running else Reason.JOB_CREATED,
+            f"Job {job_name} {'is running' if running else 'created'}",
+            {"jobName": job_name, "startTime": time_str(state.start_time)},
+        )
+        return self.deps.poll_seconds
+
+    def _start(
+        self, restore: CitusRestore, backup: CitusBackup, policy: CitusBackupPolicy, namespace: str
+    ) -> float:
+        cluster = self.deps.cluster
+        spec = restore.spec
+        connection = spec.target or policy.spec.coordinator
+        check_references(
+            cluster,
+            namespace,
+            connection=connection,
+            storage=policy.spec.storage,
+            connection_field="target" if spec.target is not None else "coordinator",
+        )
+        self._check_target(restore, backup, policy, namespace)
+        me = concurrency.restore_activity(restore, policy, backup)
+        waiting_for = concurrency.blocker(me, concurrency.activities(cluster, namespace))
+        if waiting_for is not None:
+            raise _Wait(f"waiting for {waiting_for.describe()} to finish")
+        job = build_restore_job(restore, backup, policy, image=self.deps.image)
+        created = cluster.create_job(job)
+        job_name = restore_job_name(restore.name)
+        self._patch(
+            restore,
+            Phase.PENDING,
+            Reason.JOB_CREATED,
+            f"Job {job_name} created",
+            {
+                "jobName": job_name,
+                "backupName": backup.name,
+                "backupId": backup.status.backup_id,
+                "startTime": time_str(self.deps.clock()),
+            },
+        )
+        if created:
+            self.deps.events.emit(
+                ref_body(restore), NORMAL, str(Reason.JOB_CREATED), f"created Job {job_name}"
+            )
+        return self.deps.poll_seconds
+
+    def _check_target(
+        self,
+        restore: CitusRestore,
+        backup: CitusBackup,
+        policy: CitusBackupPolicy,
+        namespace: str,
+    ) -> None:
+        spec = restore.spec
+        if spec.replace or spec.tables or spec.schemas or self.deps.probe is None:
+            return  # partial restores: the runner checks the listed objects itself
+        targets = targets_of(restore, backup)
+        if not targets:
+            return
+        connection = spec.target or policy.spec.coordinator
+        password = read_secret_value(self.deps.cluster, namespace, connection.password_secret_ref)
+        try:
+            existing = self.deps.probe.existing_databases(connection, password, targets)
+        except TransientError as err:
+            logger.info("target check skipped (the runner checks again): %s", err.message)
+            return
+        finally:
+            del password
+        if existing:
+            names = ", ".join(sorted(existing))
+            raise PermanentError(
+                f"target database(s) {names} already exist on {connection.host}:"
+                f"{connection.port}; set replace: true to replace them, or targetDatabase to "
+                "restore side by side",
+                reason=Reason.TARGET_EXISTS,
+            )
+
+    # ------------------------------------------------------------------ status
+
+    def _patch(
+        self,
+        restore: CitusRestore,
+        phase: Phase,
+        reason: str,
+        message: str,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        succeeded: bool | None = None
+        if phase is Phase.SUCCEEDED:
+            succeeded = True
+        elif phase is Phase.FAILED:
+            succeeded = False
+        condition = make_condition(
+            ConditionType.SUCCEEDED,
+            succeeded,
+            Reason(reason) if reason in _REASONS else Reason.RESTORE_FAILED,
+            message,
+            now=self.deps.clock(),
+            observed_generation=restore.metadata.generation,
+        )
+        status: dict[str, Any] = {
+            "phase": str(phase),
+            "message": message,
+            "observedGeneration": restore.metadata.generation,
+            "conditions": [
+                c.to_dict() for c in set_condition(restore.status.conditions, condition)
+            ],
+        }
+        for key, value in (extra or {}).items():
+            if value is not None:
+                status[key] = value
+        if changes(restore.status.to_dict(), status):
+            self.deps.cluster.patch_status(
+                Kind.RESTORE, restore.namespace or "", restore.name, status
+            )
+
+    def _finish(  # noqa: PLR0917
+        self,
+        restore: CitusRestore,
+        phase: Phase,
+        reason: str,
+        message: str,
+        completed: datetime | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        extra = dict(extra or {})
+        extra["completionTime"] = time_str(completed or self.deps.clock())
+        self._patch(restore, phase, reason, message, extra)
+        ok = phase is Phase.SUCCEEDED
+        self.deps.events.emit(
+            ref_body(restore),
+            NORMAL if ok else WARNING,
+            str(Reason.RESTORE_SUCCEEDED if ok else Reason.RESTORE_FAILED),
+            message if ok else f"[{reason}] {message}",
+        )

@@ -1,0 +1,94 @@
+"""The backup/restore/list subcommands: flags, summary line, termination log."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from citus_backup import cli
+from citus_backup.errors import PermanentError
+from citus_backup.runner import cli as runner_cli
+from citus_backup.runner.summary import RunSummary
+
+
+def parser() -> argparse.ArgumentParser:
+    return cli.build_parser()
+
+
+def test_subcommands_are_registered() -> None:
+    args = parser().parse_args(["backup", "--also-tier", "monthly", "--also-tier", "yearly"])
+    assert args.command == "backup"
+    assert args.also_tier == ["monthly", "yearly"]
+    assert args.compress == "1"
+    assert args.part_size == 8 * 1024 * 1024
+    args = parser().parse_args(
+        ["restore", "--latest", "--database", "app1", "--table", "public.t", "--table", "s.u"]
+    )
+    assert (args.latest, args.database, args.table) == (True, "app1", ["public.t", "s.u"])
+    assert parser().parse_args(["list", "-o", "json"]).output == "json"
+
+
+def test_no_secret_is_a_flag() -> None:
+    for command in ("backup", "restore", "list"):
+        sub = parser()._subparsers._group_actions[0].choices[command]  # type: ignore[union-attr]
+        flags = {flag for action in sub._actions for flag in action.option_strings}
+        secret = {f for f in flags if any(w in f for w in ("password", "secret", "key"))}
+        assert secret <= {"--no-role-passwords"}
+
+
+def test_restore_needs_exactly_one_source() -> None:
+    with pytest.raises(SystemExit):
+        parser().parse_args(["restore", "--database", "x"])
+    with pytest.raises(SystemExit):
+        parser().parse_args(["restore", "--latest", "--backup-id", "x"])
+    with pytest.raises(SystemExit):
+        parser().parse_args(["restore", "--latest", "--table", "a.b", "--schema", "c"])
+
+
+def test_part_size_is_validated() -> None:
+    with pytest.raises(SystemExit):
+        parser().parse_args(["backup", "--part-size", "4"])
+    assert parser().parse_args(["backup", "--part-size", "16"]).part_size == 16 * 1024 * 1024
+
+
+def test_run_command_prints_summary_and_writes_termination_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "termination-log"
+    args = argparse.Namespace(termination_log=str(log))
+
+    def fails(summary: RunSummary) -> None:
+        summary.backup_id = "20261127T030000Z"
+        raise PermanentError(
+            "S3 check bucket s3://b: bucket does not exist", reason="BucketNotFound"
+        )
+
+    assert runner_cli.run_command("backup", args, fails) == 1
+    out, err = capsys.readouterr()
+    line = json.loads(out.strip())
+    assert line["status"] == "failed"
+    assert line["reason"] == "BucketNotFound"
+    assert line["backupId"] == "20261127T030000Z"
+    assert "bucket does not exist" in err
+    assert json.loads(log.read_bytes()) == line
+
+    def works(summary: RunSummary) -> None:
+        summary.databases = {"app1": 1}
+
+    assert runner_cli.run_command("backup", args, works) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "succeeded"
+
+
+def test_unexpected_errors_are_reported_too(capsys: pytest.CaptureFixture[str]) -> None:
+    args = argparse.Namespace(termination_log=None)
+
+    def bug(summary: RunSummary) -> None:
+        raise RuntimeError("boom\nsecond line")
+
+    assert runner_cli.run_command("restore", args, bug) == 1
+    line = json.loads(capsys.readouterr().out)
+    assert line["reason"] == "InternalError"
+    assert line["error"] == "unexpected error: RuntimeError: boom second line"
