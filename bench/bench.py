@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
 import os
 import platform
@@ -38,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from localenv import binaries
 from localenv.minio import MinioInfo
 from localenv.postgres import PostgresInfo, pg_bindir
 from measure import (
@@ -309,12 +311,14 @@ def run_variant(ctx: Context, run_id: str, variant: str, rep: int) -> Step:
     return run_runner(ctx, rep, run_id, variant)
 
 
-def run_limit(ctx: Context, rep: int, compress: str | None, method: str) -> Step:
+def run_limit(
+    ctx: Context, rep: int, compress: str | None, method: str, jobs: int | None = None
+) -> Step:
     env = ctx.base_env()
     env.update(
         {
             "DBS": " ".join(ctx.all_dbs),
-            "JOBS": str(ctx.jobs),
+            "JOBS": str(jobs or ctx.jobs),
             "PGBIN": str(ctx.pgbin),
             "ZFLAG": f"--compress={compress}" if compress is not None else "",
         }
@@ -357,9 +361,11 @@ def run_seed_restore(ctx: Context, rep: int, key: str, source: str) -> Step:
 
 #: Runner variants selectable with --variant (flags appended to `backup`).
 VARIANTS: dict[str, list[str]] = {
-    "runner-z0": ["--compress", "0"],
+    "runner-jobs1": ["--jobs", "1"],
     "runner-jobs4": ["--jobs", "4"],
-    "runner-part5": ["--part-size", "5"],
+    "runner-z0": ["--compress", "0"],
+    "runner-inflight1": ["--max-inflight-parts", "1"],
+    "runner-part32": ["--part-size", "32"],
 }
 
 
@@ -388,6 +394,9 @@ def summarize(steps: list[Step]) -> dict[str, dict[str, Any]]:
             "writeBytesMedian": median([m.write_bytes for m in ms]),
             "writeBytesMax": max(m.write_bytes for m in ms),
             "cpuSecondsMedian": median([m.cpu_user_seconds + m.cpu_system_seconds for m in ms]),
+            "cpuRootMedian": median([m.cpu_root_seconds for m in ms]),
+            "preludeMedian": median([s.as_dict().get("prelude_seconds", 0.0) for s in items]),
+            "epilogueMedian": median([s.as_dict().get("epilogue_seconds", 0.0) for s in items]),
             "minioReceivedMedian": median([s.minio_received for s in items]),
             "minioSentMedian": median([s.minio_sent for s in items]),
             "loadBefore": [s.load_before[0] for s in items],
@@ -417,7 +426,8 @@ def render(results: dict[str, Any]) -> str:
         f"runner jobs {results['jobs']}, {results['repeat']} runs each, medians)",
         "",
         "| method | wall s (runs) | peak RSS main process | peak RSS process tree "
-        "| local disk writes | CPU s: tree / PostgreSQL / MinIO / machine | MinIO received "
+        "| local disk writes | CPU s: main process / tree / PostgreSQL / MinIO / machine "
+        "| MinIO received "
         "| MinIO sent "
         "| others' CPU s (runs) |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -427,14 +437,27 @@ def render(results: dict[str, Any]) -> str:
         lines.append(
             f"| {method} | {m['wallMedian']:.2f} ({runs}) | {mb(m['peakRssRootMedian'])} "
             f"| {mb(m['peakRssTreeMedian'])} | {mb(m['writeBytesMedian'])} "
-            f"| {m['cpuSecondsMedian']:.1f} / {m['serverCpuMedian']['postgres']:.1f} / "
+            f"| {m['cpuRootMedian']:.1f} / {m['cpuSecondsMedian']:.1f} / "
+            f"{m['serverCpuMedian']['postgres']:.1f} / "
             f"{m['serverCpuMedian']['minio']:.1f} / {m['machineCpuMedian']:.1f} "
             f"| {mb(m['minioReceivedMedian'])} | {mb(m['minioSentMedian'])} "
             f"| {', '.join(f'{x:.1f}' for x in m['foreignCpuSeconds'])} |"
         )
+    lines += [
+        "",
+        "Start-up and wind-down (sampled every 50 ms, medians): seconds from start to the "
+        "first pg_dump/pg_dumpall, and from the last pg_dump to exit: "
+        + "; ".join(
+            f"{method} {m['preludeMedian']:.2f} s / {m['epilogueMedian']:.2f} s"
+            for method, m in s.items()
+            if m["preludeMedian"] or m["epilogueMedian"]
+        )
+        + ".",
+    ]
     lines += ["", "| target | value | verdict |", "|---|---|---|"]
     for row in results["targets"]:
-        lines.append(f"| {row['target']} | {row['value']} | {verdict(row['ok'])} |")
+        shown = row.get("verdict") or verdict(row["ok"])
+        lines.append(f"| {row['target']} | {row['value']} | {shown} |")
     lines.append("")
     lines.append(
         f"Load average (1/5/15 min) before the run: "
@@ -489,10 +512,26 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         })  # fmt: skip
         if "runner-restore" in s and "seed-restore" in s:
             r, b = s["runner-restore"]["wallMedian"], s["seed-restore"]["wallMedian"]
-            rows.append({"target": "restore time: runner vs aws s3 cp + pg_restore",
-                         "value": f"{r:.2f}s vs {b:.2f}s ({r / b:.2f}x)",
-                         "ok": r <= b})  # fmt: skip
+            rows.append({"target": "restore time of one database: runner vs aws s3 cp + "
+                                   "createdb + pg_restore (comparison, no target)",
+                         "value": f"{r:.2f}s vs {b:.2f}s ({r / b:.2f}x)", "ok": r <= b,
+                         "verdict": "runner faster" if r <= b else "runner slower"})  # fmt: skip
     return rows
+
+
+def runner_source() -> dict[str, Any]:
+    """Which runner was measured: git HEAD, local changes, and a hash of its sources."""
+    digest = hashlib.sha256()
+    package = REPO / "operator" / "citus_backup"
+    for path in sorted([package / "cli.py", *(package / "runner").glob("*.py")]):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"],
+                          capture_output=True, text=True, check=False).stdout.strip()  # fmt: skip
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO), "status", "--porcelain", "--", "operator/citus_backup"],
+        capture_output=True, text=True, check=False,
+    ).stdout.strip()  # fmt: skip
+    return {"gitHead": head, "locallyModified": bool(dirty), "sourcesSha256": digest.hexdigest()}
 
 
 def aws_version(aws: Path) -> str:
@@ -529,7 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0915
                         help="data set size: Nx (multiple of 3 x pgbench -s 50) or a pgbench "
                              "scale per database (default 1x)")  # fmt: skip
     parser.add_argument("--databases", type=int, default=3, help="pgbench databases (default 3)")
-    parser.add_argument("--repeat", type=int, default=2, help="runs of each step (default 2)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each step (default 3)")
     parser.add_argument("--methods", default="seed,runner,limit,limit-seed-z",
                         help="comma-separated backup methods to measure")  # fmt: skip
     parser.add_argument("--variant", action="append", default=[], choices=sorted(VARIANTS),
@@ -585,6 +624,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0915
             "runner": lambda rep: run_runner(ctx, rep, run_id),
             "limit": lambda rep: run_limit(ctx, rep, "1", "limit"),
             "limit-seed-z": lambda rep: run_limit(ctx, rep, None, "limit-seed-z"),
+            "limit-jobs4": lambda rep: run_limit(ctx, rep, "1", "limit-jobs4", 4),
         }
         for variant in args.variant:
             methods[variant] = functools.partial(run_variant, ctx, run_id, variant)
@@ -637,6 +677,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0915
             "repeat": args.repeat,
             "runnerCommand": runner_command(),
             "runnerFlags": args.runner_flag,
+            "runnerSource": runner_source(),
+            "minioPinned": str(binaries.component_dir("minio").name),
             "awsCli": aws_version(args.aws),
             "minio": minio.version(),
             "machine": machine(),

@@ -58,13 +58,22 @@ class Measurement:
     read_bytes: int
     cpu_user_seconds: float
     cpu_system_seconds: float
+    cpu_root_seconds: float  # the root process alone (last sample before it exited)
     samples: int
+    #: child process name -> [first, last] second it was seen (sampled)
+    seen: dict[str, list[float]] = field(default_factory=dict)
     stdout: str = field(repr=False, default="")
     stderr: str = field(repr=False, default="")
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("stdout")
+        dumps = [v for k, v in self.seen.items() if k.startswith("pg_dump")]
+        if dumps:
+            # Seconds from start until the first pg_dump/pg_dumpall was seen, and
+            # from the last one seen until the command exited.
+            data["prelude_seconds"] = round(min(v[0] for v in dumps), 2)
+            data["epilogue_seconds"] = round(self.wall_seconds - max(v[1] for v in dumps), 2)
         data["stderr_tail"] = self.stderr[-2000:]
         data.pop("stderr")
         return data
@@ -102,6 +111,15 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
+def _own_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` itself (all its threads, not its children)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def process_tree(root: int) -> list[int]:
     seen: list[int] = []
     stack = [root]
@@ -115,20 +133,33 @@ def process_tree(root: int) -> list[int]:
 
 
 class _Sampler(threading.Thread):
-    def __init__(self, pid: int, interval: float) -> None:
+    def __init__(self, pid: int, interval: float, started: float) -> None:
         super().__init__(daemon=True, name="sampler")
         self.pid = pid
         self.interval = interval
         self.stop_event = threading.Event()
         self.root_hwm_kb = 0
+        self.root_cpu = 0.0
         self.tree_peak_kb = 0
         self.peak_processes = 0
         self.samples = 0
+        self.started = started
+        # process name -> [first, last] second (since start) it was seen in the tree
+        self.seen: dict[str, list[float]] = {}
 
     def sample(self) -> None:
         hwm = _status_kb(self.pid, "VmHWM")
+        self.root_cpu = max(self.root_cpu, _own_seconds(self.pid))
         self.root_hwm_kb = max(self.root_hwm_kb, hwm)
         pids = process_tree(self.pid)
+        now = time.monotonic() - self.started
+        for pid in pids[1:]:
+            try:
+                name = Path(f"/proc/{pid}/comm").read_text().strip()
+            except OSError:
+                continue
+            span = self.seen.setdefault(name, [now, now])
+            span[1] = now
         total = sum(_status_kb(p, "VmRSS") for p in pids)
         self.tree_peak_kb = max(self.tree_peak_kb, total)
         self.peak_processes = max(self.peak_processes, len(pids))
@@ -159,7 +190,7 @@ def run_measured(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    sampler = _Sampler(proc.pid, interval)
+    sampler = _Sampler(proc.pid, interval, started)
     sampler.start()
     out, err = proc.communicate()
     wall = time.monotonic() - started
@@ -180,7 +211,9 @@ def run_measured(
         read_bytes=io_after["read_bytes"] - io_before["read_bytes"],
         cpu_user_seconds=ru_after.ru_utime - ru_before.ru_utime,
         cpu_system_seconds=ru_after.ru_stime - ru_before.ru_stime,
+        cpu_root_seconds=sampler.root_cpu,
         samples=sampler.samples,
+        seen={k: [round(v[0], 2), round(v[1], 2)] for k, v in sampler.seen.items()},
         stdout=out.decode("utf-8", "replace"),
         stderr=err.decode("utf-8", "replace"),
     )
@@ -223,8 +256,8 @@ class CpuSnapshot:
     """Process CPU seconds of the machine and of the benchmark's parts."""
 
     busy: float
-    harness: float  # this process and its children (every measured command)
-    servers: dict[str, float]  # server name -> CPU of its process tree
+    harness: float  # this process and all its descendants (commands and servers)
+    servers: dict[str, float]  # server name -> CPU of its process tree (part of harness)
 
     @classmethod
     def take(cls, servers: Mapping[str, int]) -> CpuSnapshot:
@@ -233,10 +266,6 @@ class CpuSnapshot:
             _tree_seconds(os.getpid()),
             {name: _tree_seconds(pid) for name, pid in servers.items()},
         )
-
-    @property
-    def ours(self) -> float:
-        return self.harness + sum(self.servers.values())
 
 
 def cpu_breakdown(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
@@ -248,13 +277,13 @@ def cpu_breakdown(before: CpuSnapshot, after: CpuSnapshot) -> dict[str, float]:
     other users put on the machine while a step ran. Load average cannot tell
     that, as it counts the benchmark's own processes.
     """
-    out = {
-        "machine": after.busy - before.busy,
-        "command": after.harness - before.harness,
-    }
+    harness = after.harness - before.harness
+    out = {"machine": after.busy - before.busy}
     for name in after.servers:
         out[name] = after.servers[name] - before.servers.get(name, 0.0)
-    out["others"] = max(0.0, out["machine"] - (after.ours - before.ours))
+    # The servers are children of this process: the rest of its tree is the command.
+    out["command"] = harness - sum(out[name] for name in after.servers)
+    out["others"] = max(0.0, out["machine"] - harness)
     return out
 
 

@@ -94,6 +94,9 @@ def configure(settings: Any, *, verbose: bool) -> None:
     settings.networking.error_backoffs = (1, 2, 5, 10)
     if verbose:
         settings.posting.level = logging.INFO
+    else:
+        # "Timer 'backup' succeeded." every few seconds per object is noise; errors still show.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,14 +9,13 @@ names), and every policy writes under its own prefix.
 
 from __future__ import annotations
 
-import uuid
+import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from operator_support import (
     Fixture,
@@ -65,16 +64,44 @@ def ns(local_node_namespace: str, kube_api: Any, data: Fixture) -> Objects:
     return objects
 
 
-def assert_no_credentials(operator: OperatorProcess, data: Fixture, ns: Objects) -> None:
-    """No password or secret key in the operator's log, any status or any Event."""
+def assert_clean(operator: OperatorProcess, data: Fixture, ns: Objects) -> None:
+    """No RBAC denial in the operator's log; no password or secret key in it, any status
+    or any Event."""
+    log = operator.log()
+    assert "Forbidden" not in log, "the operator lacks a permission: see operator.log"
     secrets = (data.postgres.password, data.minio.secret_key)
-    texts = [operator.log()]
+    texts = [log]
     for kind in ("CitusBackupPolicy", "CitusBackup", "CitusRestore"):
         texts += [str(obj) for obj in ns.list(kind)]
     texts += [str(e) for e in ns.core.list_namespaced_event(ns.namespace).items]
     for text in texts:
         for secret in secrets:
             assert secret not in text
+
+
+def runner_reported(ns: Objects, job: str) -> bool:
+    """Whether the runner left its JSON summary as the pod's termination message.
+
+    The runner writes it to /dev/termination-log; under the local-node harness it
+    must write to $CITUS_BACKUP_TERMINATION_LOG instead. Until it does, what the
+    operator derives from the summary (sizes, databases) cannot be observed here
+    (the unit tests cover it): say so loudly rather than fail or pass silently.
+    """
+    pods = ns.core.list_namespaced_pod(
+        ns.namespace, label_selector=f"batch.kubernetes.io/job-name={job}"
+    ).items
+    for pod in pods:
+        for container in pod.status.container_statuses or []:
+            terminated = container.state.terminated if container.state else None
+            if terminated is not None and terminated.message:
+                return True
+    warnings.warn(
+        f"Job {job}: the runner left no termination message under the local-node harness "
+        "(it does not write $CITUS_BACKUP_TERMINATION_LOG yet); summary-derived status "
+        "fields were not checked here",
+        stacklevel=2,
+    )
+    return False
 
 
 # --------------------------------------------------------------------------- schema
@@ -114,13 +141,20 @@ def test_on_demand_backup_restores_and_guards(
     assert status["phase"] == "Succeeded", status
     assert status["jobName"] == backup_job_name("manual-1")
     assert status["tiers"] == ["daily"]
-    # TEMP assert set(status["databases"]) == {data.app1, data.app2}
-    # TEMP assert all(size > 0 for size in status["databases"].values())
+    if runner_reported(ns, status["jobName"]):
+        assert set(status["databases"]) == {data.app1, data.app2}
+        assert all(size > 0 for size in status["databases"].values())
+        assert status["totalSizeBytes"] > 0
     assert status["location"]["bucket"] == data.bucket
     assert status["location"]["keyPrefix"] == f"main/daily/{status['backupId']}/"
     assert status["completionTime"]
     assert status["startTime"]
     assert ns.has_event("manual-1", "BackupSucceeded")
+    # kopf's finalizer guards the backup only while its timer runs.
+    eventually(
+        lambda: not ns.get("CitusBackup", "manual-1")["metadata"].get("finalizers"),
+        "the finished backup to carry no finalizer",
+    )
     policy = eventually(
         lambda: (s := ns.status("CitusBackupPolicy", "main")).get("lastSuccessfulBackup") and s,
         "policy lastSuccessfulBackup",
@@ -174,11 +208,31 @@ def test_on_demand_backup_restores_and_guards(
     status = ns.wait_phase("CitusRestore", "all", ("Succeeded", "Failed"), RUN_TIMEOUT)
     assert status["phase"] == "Succeeded", status
     assert status["backupName"] == "manual-1"
-    # TEMP assert set(status["restoredDatabases"]) == {data.app1, data.app2}
+    if runner_reported(ns, status["jobName"]):
+        assert set(status["restoredDatabases"]) == {data.app1, data.app2}
     assert data.sql(data.app2, "SELECT count(*) FROM notes") == [(1,)]
     assert ns.has_event("all", "RestoreSucceeded")
 
-    assert_no_credentials(operator, data, ns)
+    # --- two restores into the same database: one after the other
+    local_node.unserve(ns.namespace)
+    ns.restore("first", backupName="manual-2", databases=[data.app2], replace=True)
+    eventually(lambda: restore_job_name("first") in ns.jobs(), "the first restore's Job")
+    ns.restore("second", backupName="manual-2", databases=[data.app2], replace=True)
+    eventually(
+        lambda: (
+            "waiting for CitusRestore first"
+            in (ns.status("CitusRestore", "second").get("message") or "")
+        ),
+        "the second restore to wait for the first",
+    )
+    assert restore_job_name("second") not in ns.jobs()
+    local_node.serve(ns.namespace)
+    for name in ("first", "second"):
+        status = ns.wait_phase("CitusRestore", name, ("Succeeded", "Failed"), RUN_TIMEOUT)
+        assert status["phase"] == "Succeeded", status
+    assert data.sql(data.app2, "SELECT count(*) FROM notes") == [(2,)]  # as in manual-2
+
+    assert_clean(operator, data, ns)
 
 
 def test_bad_inputs_end_in_clear_status(
@@ -255,8 +309,20 @@ def test_bad_inputs_end_in_clear_status(
     assert condition is not None
     assert condition["reason"] == "BackupNotSucceeded"
 
+    # Unreachable endpoints: the runner says which one.
+    coordinator = policy_body("x", data)["spec"]["coordinator"]
+    storage = policy_body("x", data)["spec"]["storage"]
+    ns.create(policy_body("nopg", data, coordinator={**coordinator, "port": 1}))
+    ns.create(policy_body("nos3", data, storage={**storage, "endpoint": "127.0.0.1:9"}))
+    ns.backup("nopg-now", "nopg")
+    ns.backup("nos3-now", "nos3")
+    for name, text in (("nopg-now", "PostgreSQL unreachable"), ("nos3-now", "127.0.0.1:9")):
+        status = ns.wait_phase("CitusBackup", name, ("Failed", "Succeeded"), RUN_TIMEOUT)
+        assert status["phase"] == "Failed"
+        assert text in status["message"], status
+
     assert operator.alive()
-    assert_no_credentials(operator, data, ns)
+    assert_clean(operator, data, ns)
 
 
 # --------------------------------------------------------------------------- schedule
@@ -334,10 +400,4 @@ def test_scheduled_catch_up_run_survives_operator_restart(
         "the policy to be deleted",
     )
     assert [b["metadata"]["name"] for b in ns.list("CitusBackup")] == [name]
-
-
-def _unique() -> str:
-    return uuid.uuid4().hex[:6]
-
-
-_ = client  # the kubernetes client is used through Objects
+    assert_clean(operator, data, ns)

@@ -12,11 +12,6 @@ from pathlib import Path
 
 import pytest
 from minio.error import S3Error
-
-from localenv.binaries import binary
-from localenv.minio import MinioInfo
-from localenv.postgres import PostgresInfo
-from localenv.process import StartError
 from test_runner_support import (
     Runner,
     admin,
@@ -26,6 +21,11 @@ from test_runner_support import (
     new_bucket,
     scalar,
 )
+
+from localenv.binaries import binary
+from localenv.minio import MinioInfo
+from localenv.postgres import PostgresInfo
+from localenv.process import StartError
 
 APP1 = "rb_app1"
 APP2 = "rb_app2"
@@ -272,7 +272,7 @@ def test_bucket_is_created_only_when_asked(
         runner.s3().list_objects("rb-missing-bucket").__next__()
     created = runner.run("backup", "--include-database", APP2, "--create-bucket")
     assert created.code == 0, created.stderr
-    assert any(k.endswith("/manifest.json") for k in runner.keys())
+    assert any(key.endswith("/manifest.json") for key in list(runner.keys()))
 
 
 def test_multipart_stream_of_a_larger_dump(
@@ -283,7 +283,8 @@ def test_multipart_stream_of_a_larger_dump(
         postgres,
         "rb_big",
         "CREATE TABLE blob (id int, v text)",
-        "INSERT INTO blob SELECT g, md5(g::text) || md5((g * 7)::text) FROM generate_series(1, 160000) g",
+        "INSERT INTO blob SELECT g, md5(g::text) || md5((g * 7)::text)"
+        " FROM generate_series(1, 160000) g",
     )
     try:
         result = runner.run(

@@ -14,11 +14,6 @@ import time
 from collections.abc import Iterator
 
 import pytest
-
-from citus_backup.runner import pg, s3
-from localenv.minio import MinioInfo
-from localenv.postgres import PostgresInfo
-from localenv.process import free_port
 from test_runner_support import (
     Runner,
     admin,
@@ -27,6 +22,11 @@ from test_runner_support import (
     new_bucket,
     proxy_to,
 )
+
+from citus_backup.runner import pg, s3
+from localenv.minio import MinioInfo
+from localenv.postgres import PostgresInfo
+from localenv.process import free_port
 
 SMALL = "rf_small"
 BIG = "rf_big"  # ~12 MB uncompressed: several 5 MiB parts
@@ -274,3 +274,30 @@ def test_backup_fails_when_pg_dump_fails(runner: Runner, postgres: PostgresInfo)
     assert 'pg_dump of database "rf_locked"' in error
     assert "statement timeout" in error
     assert not [k for k in runner.keys("daily/locked-1/") if k.endswith(".dump")]
+
+
+def test_restore_downloads_the_object_about_once(
+    runner: Runner, minio: MinioInfo, postgres: PostgresInfo
+) -> None:
+    """pre-data and post-data read only the head of the dump (ranged GETs)."""
+    base = dataclasses.replace(runner, prefix="faults-once")
+    backup = base.run("backup", "--include-database", BIG, "--compress", "0", "--backup-id", "o-1")
+    assert backup.code == 0, backup.stderr
+    size = base.manifest("o-1")["databases"][0]["object"]["size"]
+    assert size > 10 * 1024 * 1024
+    try:
+        with proxy_to(minio) as proxy:
+            result = base.run(
+                "restore",
+                "--backup-id",
+                "o-1",
+                "--database",
+                BIG,
+                "--target-database",
+                "rf_once",
+                S3_ENDPOINT=f"http://{proxy.endpoint}",
+            )
+        assert result.code == 0, result.stderr
+        assert size < proxy.downstream_total < size + 1024 * 1024, proxy.downstream_total - size
+    finally:
+        drop_databases(postgres, "rf_once")

@@ -14,13 +14,6 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-
-from citus_backup.runner import restore as restore_module
-from citus_backup.runner.config import pg_config, s3_config
-from citus_backup.runner.restore import RestoreOptions, SectionEvent, run_restore
-from citus_backup.runner.summary import RunSummary
-from localenv.minio import MinioInfo
-from localenv.postgres import PostgresInfo
 from test_runner_support import (
     Runner,
     admin,
@@ -31,6 +24,13 @@ from test_runner_support import (
     new_bucket,
     scalar,
 )
+
+from citus_backup.runner import restore as restore_module
+from citus_backup.runner.config import pg_config, s3_config
+from citus_backup.runner.restore import RestoreOptions, SectionEvent, run_restore
+from citus_backup.runner.summary import RunSummary
+from localenv.minio import MinioInfo
+from localenv.postgres import PostgresInfo
 
 APP1, APP2, APP3 = "rr_app1", "rr_app2", "rr_app3"
 WEIRD = "Rr We\"ird 'Näme-ü =x"
@@ -132,9 +132,12 @@ def test_restore_one_database_in_place_on_a_live_server(
         conn.execute("DELETE FROM orders WHERE id > 100")
     # A live client: idle in an open transaction holding a lock on the table.
     client = psycopg.connect(
-        host=postgres.host, port=postgres.port, user=postgres.user,
-        password=postgres.password, dbname=APP1,
-    )  # fmt: skip
+        host=postgres.host,
+        port=postgres.port,
+        user=postgres.user,
+        password=postgres.password,
+        dbname=APP1,
+    )
     client.execute("SELECT count(*) FROM orders")
     try:
         result = fresh.run("restore", "--backup-id", BACKUP_ID, "--database", APP1, "--replace")
@@ -152,23 +155,11 @@ def test_restore_one_database_in_place_on_a_live_server(
     # Database properties came back with it.
     assert scalar(postgres, APP1, "SHOW work_mem") == "5MB"
     assert scalar(postgres, APP1, "SHOW search_path") == '"$user", public, sales'
-    assert (
-        scalar(
-            postgres,
-            "postgres",
-            f"SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = '{APP1}'",
-        )
-        == "the app"
-    )
-    assert scalar(
-        postgres, "postgres", f"SELECT has_database_privilege('{ROLE}', '{APP1}', 'CONNECT')"
-    )
-    assert (
-        scalar(
-            postgres, "postgres", f"SELECT has_database_privilege('public', '{APP1}', 'CONNECT')"
-        )
-        is False
-    )
+    comment = "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s"
+    assert scalar(postgres, "postgres", comment, APP1) == "the app"
+    can_connect = "SELECT has_database_privilege(%s, %s, 'CONNECT')"
+    assert scalar(postgres, "postgres", can_connect, ROLE, APP1) is True
+    assert scalar(postgres, "postgres", can_connect, "public", APP1) is False
     summary = result.summary
     assert summary["status"] == "succeeded"
     assert list(summary["databases"]) == [APP1]
@@ -181,8 +172,17 @@ def test_restore_side_by_side_leaves_the_original_alone(
         conn.execute("DELETE FROM sales.notes")
     before = others(postgres, APP1, APP2, APP3, WEIRD)
     copy = "rr_app1 recovered"
+    location = f"s3://{fresh.bucket}/{fresh.prefix}/daily/{BACKUP_ID}/"
     result = fresh.run(
-        "restore", "--backup-id", BACKUP_ID, "--database", APP1, "--target-database", copy
+        "restore",
+        "--location",
+        location,
+        "--database",
+        APP1,
+        "--target-database",
+        copy,
+        S3_BUCKET="",
+        S3_PREFIX="",
     )
     assert result.code == 0, result.stderr
     try:
@@ -253,9 +253,16 @@ def test_restore_a_schema_into_another_database(fresh: Runner, postgres: Postgre
     create_database(postgres, target, "CREATE TABLE keep (x int)", "INSERT INTO keep VALUES (7)")
     try:
         result = fresh.run(
-            "restore", "--backup-id", BACKUP_ID, "--database", APP1, "--schema", "sales",
-            "--target-database", target,
-        )  # fmt: skip
+            "restore",
+            "--backup-id",
+            BACKUP_ID,
+            "--database",
+            APP1,
+            "--schema",
+            "sales",
+            "--target-database",
+            target,
+        )
         # sales.items references public.orders, which the target lacks.
         assert result.code == 1
         assert "orders" in result.summary["error"]
@@ -267,9 +274,16 @@ def test_restore_a_schema_into_another_database(fresh: Runner, postgres: Postgre
             conn.execute("CREATE TABLE orders (id int PRIMARY KEY)")
             conn.execute("INSERT INTO orders SELECT generate_series(1, 200)")
         result = fresh.run(
-            "restore", "--backup-id", BACKUP_ID, "--database", APP1, "--schema", "sales",
-            "--target-database", target,
-        )  # fmt: skip
+            "restore",
+            "--backup-id",
+            BACKUP_ID,
+            "--database",
+            APP1,
+            "--schema",
+            "sales",
+            "--target-database",
+            target,
+        )
         assert result.code == 0, result.stderr
         assert scalar(postgres, target, "SELECT count(*) FROM sales.items") == 40
         assert scalar(postgres, target, "SELECT x FROM keep") == 7
@@ -396,13 +410,13 @@ def test_restore_everything_with_globals(fresh: Runner, postgres: PostgresInfo) 
     assert result.code == 0, result.stderr
     assert "restored globals" in result.stderr
     assert (
-        scalar(postgres, "postgres", f"SELECT count(*) FROM pg_roles WHERE rolname = '{ROLE}'") == 1
+        scalar(postgres, "postgres", "SELECT count(*) FROM pg_roles WHERE rolname = %s", ROLE) == 1
     )
     restored = others(postgres, *ALL)
     for name in restored.values():
         name.pop("<oid>")
     assert restored == expected
-    assert scalar(postgres, APP1, f"SELECT has_table_privilege('{ROLE}', 'orders', 'SELECT')")
+    assert scalar(postgres, APP1, "SELECT has_table_privilege(%s, 'orders', 'SELECT')", ROLE)
     # The connecting role keeps its password (globals.sql would have set the old one).
     assert scalar(postgres, "postgres", "SELECT 1") == 1
     assert sorted(result.summary["databases"]) == sorted(ALL)
@@ -442,7 +456,7 @@ def test_sections_run_in_order_with_hooks(fresh: Runner, postgres: PostgresInfo)
         pg_config(env),
         s3_config(env),
         RestoreOptions(
-            backup_id=BACKUP_ID, database=APP1, target_database="rr_hooked", hooks=Recorder()
+            backup_id=BACKUP_ID, databases=[APP1], target_database="rr_hooked", hooks=Recorder()
         ),
         summary,
     )
@@ -481,3 +495,31 @@ def test_missing_owner_role_is_a_clear_error(runner: Runner, postgres: PostgresI
         drop_databases(postgres, "rr_owned")
         with admin(postgres) as conn:
             conn.execute("DROP ROLE IF EXISTS rr_owner")
+
+
+def test_restore_several_databases(fresh: Runner, postgres: PostgresInfo) -> None:
+    with admin(postgres, APP2) as conn:
+        conn.execute("DELETE FROM t")
+    with admin(postgres, APP3) as conn:
+        conn.execute("DELETE FROM u")
+    untouched = others(postgres, APP1, WEIRD)
+    result = fresh.run(
+        "restore", "--backup-id", BACKUP_ID, "--database", APP2, "--database", APP3, "--replace"
+    )
+    assert result.code == 0, result.stderr
+    assert sorted(result.summary["databases"]) == [APP2, APP3]
+    assert scalar(postgres, APP2, "SELECT count(*) FROM t") == 50
+    assert scalar(postgres, APP3, "SELECT count(*) FROM u") == 1
+    assert others(postgres, APP1, WEIRD) == untouched
+    both = fresh.run(
+        "restore",
+        "--backup-id",
+        BACKUP_ID,
+        "--database",
+        APP2,
+        "--database",
+        APP3,
+        "--target-database",
+        "rr_x",
+    )
+    assert both.summary["reason"] == "InvalidArgument"

@@ -209,9 +209,9 @@ def checksums(postgres: PostgresInfo, database: str) -> dict[str, str]:
     return result
 
 
-def scalar(postgres: PostgresInfo, database: str, query: str) -> Any:
+def scalar(postgres: PostgresInfo, database: str, query: str, *params: object) -> Any:
     with admin(postgres, database) as conn:
-        row = conn.execute(query.encode()).fetchone()
+        row = conn.execute(query.encode(), params or None).fetchone()
     return None if row is None else row[0]
 
 
@@ -235,6 +235,7 @@ class CuttingProxy:
         self.vanish_after: int | None = None
         self.rate: float | None = None
         self.upstream_total = 0
+        self.downstream_total = 0
         self.cuts = 0
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
@@ -299,6 +300,9 @@ class CuttingProxy:
                         return
                     if self.rate:
                         time.sleep(len(data) / self.rate)
+                else:
+                    with self._lock:
+                        self.downstream_total += len(data)
                 dst.sendall(data)
         except OSError:
             pass

@@ -238,3 +238,25 @@ def test_transient_api_errors_propagate_for_a_retry(w: World) -> None:
 
 def test_a_deleted_backup_is_left_alone(w: World) -> None:
     assert run(w, "gone") is None
+
+
+def test_a_success_without_a_summary_says_sizes_are_unknown(w: World) -> None:
+    w.cluster.add(Kind.BACKUP, backup("now"))
+    run(w, "now")
+    w.cluster.finish_job("now-backup", None)
+    run(w, "now")
+    status = w.cluster.status(Kind.BACKUP, "now")
+    assert status["phase"] == "Succeeded"
+    assert "databases" not in status
+    assert "sizes unknown" in status["message"]
+
+
+def test_a_running_backup_completes_even_if_its_policy_is_deleted(w: World) -> None:
+    w.cluster.add(Kind.BACKUP, backup("now"))
+    run(w, "now")
+    del w.cluster.objects[(Kind.POLICY, "ns", "main")]
+    w.cluster.finish_job("now-backup", succeeded_summary())
+    run(w, "now")
+    status = w.cluster.status(Kind.BACKUP, "now")
+    assert status["phase"] == "Succeeded"
+    assert status["location"]["keyPrefix"] == "main/daily/20261127T020000Z/"

@@ -27,7 +27,7 @@ def test_subcommands_are_registered() -> None:
     args = parser().parse_args(
         ["restore", "--latest", "--database", "app1", "--table", "public.t", "--table", "s.u"]
     )
-    assert (args.latest, args.database, args.table) == (True, "app1", ["public.t", "s.u"])
+    assert (args.latest, args.database, args.table) == (True, ["app1"], ["public.t", "s.u"])
     assert parser().parse_args(["list", "-o", "json"]).output == "json"
 
 
@@ -80,6 +80,17 @@ def test_run_command_prints_summary_and_writes_termination_log(
 
     assert runner_cli.run_command("backup", args, works) == 0
     assert json.loads(capsys.readouterr().out)["status"] == "succeeded"
+
+
+def test_termination_log_path_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "from-env"
+    monkeypatch.setenv("CITUS_BACKUP_TERMINATION_LOG", str(log))
+    args = argparse.Namespace(termination_log=None)
+    assert runner_cli.run_command("backup", args, lambda summary: None) == 0
+    assert json.loads(log.read_bytes())["status"] == "succeeded"
+    capsys.readouterr()
 
 
 def test_unexpected_errors_are_reported_too(capsys: pytest.CaptureFixture[str]) -> None:

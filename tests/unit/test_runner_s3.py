@@ -6,8 +6,8 @@ import contextlib
 import io
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -17,7 +17,14 @@ from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 from citus_backup.errors import PermanentError, TransientError
 from citus_backup.runner.config import S3Config
 from citus_backup.runner.partsize import MIN_PART_SIZE, PartSchedule
-from citus_backup.runner.s3 import ObjectRead, RangedRead, S3Store, StreamUploader, translate
+from citus_backup.runner.s3 import (
+    ObjectRead,
+    RangedRead,
+    S3Store,
+    StreamUploader,
+    make_client,
+    translate,
+)
 
 MiB = 1024 * 1024
 
@@ -308,3 +315,18 @@ def test_budget_bounds_buffers_across_uploads() -> None:
     watcher.join()
     assert peak <= 3
     assert budget._value == 3  # type: ignore[attr-defined]  # every slot given back
+
+
+def test_client_tls_settings() -> None:
+    verified = make_client(
+        S3Config(endpoint="s3.example:443", secure=True, bucket="b", ca_file="/etc/ca.pem")
+    )
+    kw = verified._http.connection_pool_kw
+    assert (kw["cert_reqs"], kw["ca_certs"]) == ("CERT_REQUIRED", "/etc/ca.pem")
+    assert verified._base_url.is_https
+    unverified = make_client(
+        S3Config(endpoint="s3.example", secure=True, bucket="b", insecure_skip_verify=True)
+    )
+    assert unverified._http.connection_pool_kw["cert_reqs"] == "CERT_NONE"
+    plain = make_client(S3Config(endpoint="127.0.0.1:9000", secure=False, bucket="b"))
+    assert not plain._base_url.is_https

@@ -8,6 +8,7 @@ credentials.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -26,8 +27,17 @@ class KopfEvents:
     def emit(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         if len(message) > MAX_MESSAGE:
             message = message[: MAX_MESSAGE - 3] + "..."
-        try:
+        meta = body.get("metadata", {})
+        # The operator's log of what it did: the same one-line messages as the Events.
+        logger.info(
+            "%s %s/%s: %s %s: %s",
+            body.get("kind"),
+            meta.get("namespace"),
+            meta.get("name"),
+            type_,
+            reason,
+            message,
+        )
+        # Outside a running operator there is no event queue: the log line above remains.
+        with contextlib.suppress(LookupError):
             kopf.event(dict(body), type=type_, reason=reason, message=message)  # type: ignore[arg-type]
-        except LookupError:
-            # Outside a running operator (no event queue): log instead.
-            logger.info("event %s %s: %s", type_, reason, message)

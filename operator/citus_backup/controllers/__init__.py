@@ -1,4 +1,5 @@
-"""kopf handlers: a few lines each (body → model → reconciler → requeue).
+"""kopf handlers: a few lines each (name → reconciler, which reads the object fresh,
+parses it into its model, acts and patches the status).
 
 All handlers are timers, registered explicitly on a registry by
 :func:`register` with the intervals chosen on the command line:
@@ -11,9 +12,11 @@ All handlers are timers, registered explicitly on a registry by
 Timers survive operator restarts by construction (kopf starts them for every
 existing object), which is what makes "resume after a restart" free. kopf
 keeps a finalizer on an object while a timer runs for it, so that the timer
-is stopped before the object goes; it is removed when the timer stops. No
-handler of ours needs cleanup: deleting a policy deletes no CitusBackup and
-no data.
+is stopped before the object goes; it is removed when the timer stops
+(a finished CitusBackup/CitusRestore carries none; a policy carries one while
+the operator serves it: uninstall the operator after deleting policies, or
+remove the ``citusbackup.io/operator`` finalizer by hand). No handler of ours
+needs cleanup: deleting a policy deletes no CitusBackup and no data.
 
 Errors: a :class:`~citus_backup.errors.TransientError` becomes
 ``kopf.TemporaryError`` with its delay; permanent errors are turned into

@@ -97,20 +97,22 @@ class BackupReconciler:
         if backup.status.phase is not None and backup.status.phase.finished:
             return None
         cluster = self.deps.cluster
-        policy_body = cluster.get(Kind.POLICY, namespace, backup.spec.policy_name)
-        if policy_body is None:
-            raise PermanentError(
-                f"CitusBackupPolicy {backup.spec.policy_name} not found in namespace {namespace}",
-                reason=Reason.POLICY_NOT_FOUND,
-            )
-        policy = parse(CitusBackupPolicy, policy_body)
         job_name = backup_job_name(backup.name)
         state = cluster.job_state(namespace, job_name)
+        policy_body = cluster.get(Kind.POLICY, namespace, backup.spec.policy_name)
+        # Once its Job exists a backup no longer needs its policy (it may have been deleted).
+        policy = parse(CitusBackupPolicy, policy_body) if policy_body is not None else None
         if state is None:
             if backup.status.job_name:
                 raise PermanentError(
                     f"Job {job_name} disappeared before the backup finished",
                     reason=Reason.JOB_NOT_FOUND,
+                )
+            if policy is None:
+                raise PermanentError(
+                    f"CitusBackupPolicy {backup.spec.policy_name} not found in namespace "
+                    f"{namespace}",
+                    reason=Reason.POLICY_NOT_FOUND,
                 )
             return self._start(backup, policy, namespace)
         result = outcome(state)
@@ -183,33 +185,29 @@ class BackupReconciler:
     def _succeeded(
         self,
         backup: CitusBackup,
-        policy: CitusBackupPolicy,
+        policy: CitusBackupPolicy | None,
         summary: dict[str, Any],
         completed: datetime | None,
     ) -> None:
-        databases = {
-            str(k): int(v) for k, v in (summary.get("databases") or {}).items() if int(v) >= 0
-        }
-        total = int(summary.get("totalSize") or sum(databases.values()))
         backup_id = str(summary.get("backupId") or backup.status.backup_id or "")
         tiers = [str(t) for t in summary.get("tiers") or backup.status.tiers]
-        extra: dict[str, Any] = {
-            "backupId": backup_id or None,
-            "databases": databases,
-            "totalSizeBytes": total,
-            "totalSize": format_size(total),
-            "tiers": tiers,
-        }
-        if tiers and backup_id:
+        extra: dict[str, Any] = {"backupId": backup_id or None, "tiers": tiers}
+        if tiers and backup_id and policy is not None:
             extra["location"] = {
                 "bucket": policy.spec.storage.bucket,
                 "keyPrefix": f"{policy.spec.storage.prefix}/{tiers[0]}/{backup_id}/",
             }
-        names = ", ".join(sorted(databases)) or "no databases"
-        message = (
-            f"backup {backup_id} stored in {', '.join(tiers) or 'its tier'}: "
-            f"{len(databases)} database(s) ({names}), {format_size(total)}"
-        )
+        where = f"backup {backup_id} stored in {', '.join(tiers) or 'its tier'}"
+        if summary:
+            databases = {
+                str(k): int(v) for k, v in (summary.get("databases") or {}).items() if int(v) >= 0
+            }
+            total = int(summary.get("totalSize") or sum(databases.values()))
+            extra.update(databases=databases, totalSizeBytes=total, totalSize=format_size(total))
+            names = ", ".join(sorted(databases)) or "no databases"
+            message = f"{where}: {len(databases)} database(s) ({names}), {format_size(total)}"
+        else:
+            message = f"{where} (the runner left no summary: databases and sizes unknown)"
         self._finish(
             backup, policy, Phase.SUCCEEDED, Reason.BACKUP_SUCCEEDED, message, completed, extra
         )

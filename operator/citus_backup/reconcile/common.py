@@ -55,16 +55,15 @@ class Deps:
 
     @contextmanager
     def locked(self, kind: str, namespace: str, name: str) -> Iterator[None]:
-        """One reconcile of an object at a time within this process (timers may overlap)."""
+        """One reconcile of an object at a time within this process (timers may overlap).
+
+        One small lock per object ever seen is kept for the process's life.
+        """
         key = (kind, namespace, name)
         with self._locks_guard:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:
             yield
-
-    def forget(self, kind: str, namespace: str, name: str) -> None:
-        with self._locks_guard:
-            self._locks.pop((kind, namespace, name), None)
 
 
 def parse(model: type[M], body: Mapping[str, Any]) -> M:

@@ -150,15 +150,6 @@ class RestoreReconciler:
 
     def _reconcile(self, restore: CitusRestore, namespace: str) -> float | None:
         cluster = self.deps.cluster
-        backup = self._source(restore, namespace)
-        policy_body = cluster.get(Kind.POLICY, namespace, backup.spec.policy_name)
-        if policy_body is None:
-            raise PermanentError(
-                f"CitusBackupPolicy {backup.spec.policy_name} (of CitusBackup {backup.name}) "
-                f"not found in namespace {namespace}",
-                reason=Reason.POLICY_NOT_FOUND,
-            )
-        policy = parse(CitusBackupPolicy, policy_body)
         job_name = restore_job_name(restore.name)
         state = cluster.job_state(namespace, job_name)
         if state is None:
@@ -167,19 +158,34 @@ class RestoreReconciler:
                     f"Job {job_name} disappeared before the restore finished",
                     reason=Reason.JOB_NOT_FOUND,
                 )
+            backup = self._source(restore, namespace)
+            policy_body = cluster.get(Kind.POLICY, namespace, backup.spec.policy_name)
+            if policy_body is None:
+                raise PermanentError(
+                    f"CitusBackupPolicy {backup.spec.policy_name} (of CitusBackup "
+                    f"{backup.name}) not found in namespace {namespace}",
+                    reason=Reason.POLICY_NOT_FOUND,
+                )
+            policy = parse(CitusBackupPolicy, policy_body)
             return self._start(restore, backup, policy, namespace)
+        # The Job exists: its outcome is all that matters (source and policy may be gone).
         result = outcome(state)
         if result.progress is Progress.SUCCEEDED:
+            source_name = restore.status.backup_name or restore.spec.backup_name
+            source_body = cluster.get(Kind.BACKUP, namespace, source_name) if source_name else None
+            source = parse(CitusBackup, source_body) if source_body is not None else None
             # The runner's summary names what it restored; without one, what was asked.
-            databases = sorted((result.summary.get("databases") or {}).keys()) or targets_of(
-                restore, backup
-            )
+            databases = sorted((result.summary.get("databases") or {}).keys())
+            if not databases and source is not None:
+                databases = targets_of(restore, source)
             names = ", ".join(databases) or "nothing"
             self._finish(
                 restore,
                 Phase.SUCCEEDED,
                 Reason.RESTORE_SUCCEEDED,
-                f"restored {names} from backup {backup.status.backup_id} ({backup.name})",
+                f"restored {names} from backup "
+                f"{source.status.backup_id if source else restore.status.backup_id} "
+                f"({source_name or 'unknown'})",
                 state.completion_time,
                 {"restoredDatabases": databases},
             )

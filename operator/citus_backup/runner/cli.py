@@ -29,6 +29,7 @@ from citus_backup.errors import CitusBackupError, TransientError
 from citus_backup.runner import layout
 from citus_backup.runner.backup import DEFAULT_COMPRESS, BackupOptions, run_backup
 from citus_backup.runner.config import PgConfig, S3Config, pg_config, s3_config
+from citus_backup.runner.layout import parse_location
 from citus_backup.runner.listing import list_sets, render_json, render_table
 from citus_backup.runner.partsize import MiB, PartSchedule
 from citus_backup.runner.progress import DEFAULT_INTERVAL
@@ -40,6 +41,8 @@ from citus_backup.runner.summary import RunSummary, termination_message
 log = logging.getLogger("citus_backup.runner")
 
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+#: Overrides the default path (test harnesses without a kubelet).
+TERMINATION_LOG_ENV = "CITUS_BACKUP_TERMINATION_LOG"
 
 
 class Interrupted(TransientError):
@@ -132,7 +135,8 @@ def _reporting_parent() -> argparse.ArgumentParser:
     parent.add_argument(
         "--termination-log",
         metavar="PATH",
-        help=f"also write the summary here (default {DEFAULT_TERMINATION_LOG} if it exists)",
+        help=f"also write the summary here (default ${TERMINATION_LOG_ENV}, else "
+        f"{DEFAULT_TERMINATION_LOG} if it exists)",
     )
     parent.add_argument(
         "--progress-interval",
@@ -240,8 +244,10 @@ def register(subparsers: Any) -> None:
     restore.add_argument("--tier", default=layout.DEFAULT_TIER, help="tier (default daily)")
     restore.add_argument(
         "--database",
+        action="append",
+        default=[],
         metavar="NAME",
-        help="restore only this database of the set (default: all + globals)",
+        help="restore only this database of the set; repeatable (default: all + globals)",
     )
     restore.add_argument(
         "--target-database", metavar="NAME", help="restore --database under this name, side by side"
@@ -341,6 +347,8 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def _write_termination_log(path: str | None, summary: RunSummary) -> None:
+    """--termination-log, else $CITUS_BACKUP_TERMINATION_LOG, else the pod's file."""
+    path = path or os.environ.get(TERMINATION_LOG_ENV) or None
     if path is None:
         if not os.path.exists(DEFAULT_TERMINATION_LOG):
             return
@@ -415,13 +423,16 @@ def _backup(args: argparse.Namespace) -> int:
 
 def _restore(args: argparse.Namespace) -> int:
     def body(summary: RunSummary) -> None:
+        if args.location and args.location.startswith("s3://"):
+            # An s3://bucket/... location names its bucket.
+            args.bucket = parse_location(args.location)[0]
         pg, s3 = _pg_config(args), _s3_config(args)
         options = RestoreOptions(
             backup_id=args.backup_id,
             tier=args.tier,
             location=args.location,
             latest=args.latest,
-            database=args.database,
+            databases=args.database,
             target_database=args.target_database,
             tables=[parse_table(t) for t in args.table],
             schemas=args.schema,

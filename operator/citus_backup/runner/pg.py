@@ -25,7 +25,9 @@ import logging
 import os
 import re
 import shutil
+import struct
 import subprocess
+import termios
 import threading
 import time
 from collections import deque
@@ -568,6 +570,22 @@ class Child:
         while view:
             written = os.write(fd, view)
             view = view[written:]
+
+    def wait_consumed(self) -> bool:
+        """Wait until the child has read everything written to its stdin;
+        False if it exited instead (FIONREAD works on either end of a pipe)."""
+        assert self.proc.stdin is not None
+        while self.proc.poll() is None:
+            try:
+                pending = struct.unpack(
+                    "i", fcntl.ioctl(self.proc.stdin.fileno(), termios.FIONREAD, b"\0\0\0\0")
+                )[0]
+            except OSError:
+                return self.proc.poll() is None
+            if not pending:
+                return True
+            time.sleep(0.01)
+        return False
 
     def close_stdin(self) -> None:
         if self.proc.stdin is not None and not self.proc.stdin.closed:

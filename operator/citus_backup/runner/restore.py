@@ -92,7 +92,7 @@ class RestoreOptions:
     tier: str = layout.DEFAULT_TIER
     location: str | None = None
     latest: bool = False
-    database: str | None = None
+    databases: Sequence[str] = ()  # empty: every database of the set
     target_database: str | None = None
     tables: Sequence[tuple[str, str]] = ()
     schemas: Sequence[str] = ()
@@ -252,7 +252,9 @@ class _Restore:
                     feed.run(read.chunks)
                     etag = read.etag
             else:
-                ranged = RangedRead(self.store, key, expected.size, etag)
+                ranged = RangedRead(
+                    self.store, key, expected.size, etag, before_next=child.wait_consumed
+                )
                 chunks = ranged.chunks()
                 try:
                     feed.run(chunks)
@@ -553,6 +555,30 @@ class _Restore:
         return None if row is None or row[0] is None else str(row[0])
 
     # ---------------------------------------------------------------- run
+    def plan(self, manifest: Manifest) -> list[tuple[DatabaseEntry, str]]:
+        """(database of the set, target name) pairs, after checking the options."""
+        options = self.options
+        names = list(dict.fromkeys(options.databases))
+        if (options.tables or options.schemas or options.target_database) and len(names) != 1:
+            raise PermanentError(
+                "--target-database, --table and --schema need exactly one --database",
+                reason="InvalidArgument",
+            )
+        if not names:
+            return [(entry, entry.name) for entry in manifest.databases]
+        plan = []
+        for name in names:
+            entry = manifest.database(name)
+            if entry is None:
+                have = ", ".join(quote_name(db.name) for db in manifest.databases)
+                raise PermanentError(
+                    f"database {quote_name(name)} is not in backup {manifest.backup_id} "
+                    f"(it has: {have})",
+                    reason="DatabaseNotInBackup",
+                )
+            plan.append((entry, options.target_database or entry.name))
+        return plan
+
     def run(self) -> None:
         options = self.options
         self.store.check_bucket()
@@ -562,23 +588,8 @@ class _Restore:
         self.summary.location = location.url(self.store.bucket)
         self.summary.tiers = [location.tier]
 
-        if (options.tables or options.schemas) and not options.database:
-            raise PermanentError("--table/--schema need --database", reason="InvalidArgument")
-        if options.target_database and not options.database:
-            raise PermanentError("--target-database needs --database", reason="InvalidArgument")
-        if options.database is not None:
-            entry = manifest.database(options.database)
-            if entry is None:
-                names = ", ".join(quote_name(db.name) for db in manifest.databases)
-                raise PermanentError(
-                    f"database {quote_name(options.database)} is not in backup "
-                    f"{manifest.backup_id} (it has: {names})",
-                    reason="DatabaseNotInBackup",
-                )
-            plan = [(entry, options.target_database or entry.name)]
-        else:
-            plan = [(entry, entry.name) for entry in manifest.databases]
-        with_globals = options.globals if options.globals is not None else options.database is None
+        plan = self.plan(manifest)
+        with_globals = options.globals if options.globals is not None else not options.databases
 
         with self.pg.session(self.pg_config.maintenance_db) as conn:
             self.version_num = pg.server_info(conn).version_num

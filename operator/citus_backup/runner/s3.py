@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import urllib3
 from minio import Minio
@@ -260,7 +260,11 @@ class S3Store:
     ) -> str:
         try:
             result = self.client._put_object(
-                self.bucket, key, bytes(data), headers={"Content-Type": content_type}
+                # bytearray works as a body (no copy); the SDK annotates bytes.
+                self.bucket,
+                key,
+                cast(bytes, data),
+                headers={"Content-Type": content_type},
             )
         except Exception as exc:
             raise self._error(exc, "upload", key) from exc
@@ -401,7 +405,11 @@ class RangedRead:
         *,
         first: int = FIRST_RANGE,
         largest: int = LARGEST_RANGE,
+        before_next: Callable[[], bool] | None = None,
     ) -> None:
+        """``before_next`` runs before each further range; False stops reading
+        (the reader has consumed what it got and needs no more)."""
+        self.before_next = before_next
         self.store = store
         self.key = key
         self.size = size
@@ -420,7 +428,7 @@ class RangedRead:
                 for chunk in read.chunks:
                     got += len(chunk)
                     yield chunk
-            if not got:
+            if not got or (self.before_next is not None and not self.before_next()):
                 return
             offset += got
             length = min(length * 4, self.largest)
@@ -463,24 +471,30 @@ class _Buffers:
         self._free: list[bytearray] = []
         self._owned = 0
         self._lock = threading.Lock()
+        self._returned = threading.Event()
 
     def get(self, size: int) -> bytearray:
-        with self._lock:
-            while self._free:
-                buf = self._free.pop()
-                if len(buf) == size:
-                    return buf
-                self._release_one()  # parts grew: drop the smaller buffer
-        if self._budget is not None:
-            while not self._budget.acquire(timeout=0.2):
-                self._waiting()
-        with self._lock:
-            self._owned += 1
+        while True:
+            self._returned.clear()
+            with self._lock:
+                while self._free:
+                    buf = self._free.pop()
+                    if len(buf) == size:
+                        return buf
+                    self._release_one()  # parts grew: drop the smaller buffer
+                if self._budget is None or self._budget.acquire(blocking=False):
+                    self._owned += 1
+                    break
+            # Wait for one of our parts to come back, or for another upload
+            # to give slots back.
+            self._returned.wait(0.05)
+            self._waiting()
         return bytearray(size)
 
     def put(self, buf: bytearray) -> None:
         with self._lock:
             self._free.append(buf)
+        self._returned.set()
 
     def _release_one(self) -> None:
         self._owned -= 1
