@@ -2,7 +2,8 @@
 # The benchmark of issue #3 (`make bench`): the runner against the seed's
 # method (pg_dump > file; aws s3 cp; rm) and the limit (pg_dump > /dev/null).
 #
-#   bench/run.sh                 # 1x: 3 databases of pgbench -s 50 (~2.4 GB), 3 runs each
+#   bench/run.sh                 # both data sets below, one after the other (~12 min)
+#   bench/run.sh --scale 1x      # 3 databases of pgbench -s 50 (~2.4 GB), 3 runs each
 #   bench/run.sh --scale 2x      # twice as large (memory must not follow size)
 #   bench/run.sh --scale 1 --repeat 1   # seconds: pgbench -s 1, for development
 #   bench/run.sh --help          # all options
@@ -39,4 +40,8 @@ done
 
 export PYTHONPATH="$repo/hack:$here:$repo/operator${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONDONTWRITEBYTECODE=1
+if [ "$#" -eq 0 ]; then
+  "$python" "$here/bench.py" --scale 1x
+  exec "$python" "$here/bench.py" --scale 2x
+fi
 exec "$python" "$here/bench.py" "$@"

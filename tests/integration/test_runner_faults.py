@@ -79,11 +79,15 @@ def test_postgres_unreachable(runner: Runner) -> None:
     assert "Connection refused" in error
 
 
-def test_restore_with_wrong_password(runner: Runner) -> None:
-    result = runner.run("restore", "--latest", PGPASSWORD="nope")
+def test_restore_with_wrong_password(runner: Runner, postgres: PostgresInfo) -> None:
+    base = dataclasses.replace(runner, prefix="faults-password")
+    backup = base.run("backup", "--include-database", SMALL, "--backup-id", "pw-1")
+    assert backup.code == 0, backup.stderr
+    result = base.run("restore", "--backup-id", "pw-1", "--replace", PGPASSWORD="nope-pw-42")
     assert result.code == 1
-    # No set yet in this prefix, or authentication: either way one clear line.
-    assert result.summary["reason"] in {"BackupNotFound", "AuthenticationFailed"}
+    error = assert_one_line_failure(result.summary, "AuthenticationFailed")
+    assert "password authentication failed" in error
+    assert "nope-pw-42" not in result.stdout + result.stderr
 
 
 def test_wrong_s3_credentials(runner: Runner) -> None:

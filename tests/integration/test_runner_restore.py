@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import re
 from collections.abc import Iterator
 
 import psycopg
@@ -142,7 +143,7 @@ def test_restore_one_database_in_place_on_a_live_server(
     try:
         result = fresh.run("restore", "--backup-id", BACKUP_ID, "--database", APP1, "--replace")
         assert result.code == 0, result.stderr
-        assert "terminated 1 session(s)" in result.stderr
+        assert re.search(r"terminated [1-9][0-9]* session\(s\)", result.stderr)
         with pytest.raises(psycopg.OperationalError):
             client.execute("SELECT 1")
     finally:

@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from kubernetes import config
 from kubernetes.client import ApiClient, BatchV1Api, CoreV1Api, CustomObjectsApi, V1Job, V1Pod
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
@@ -74,8 +77,6 @@ def convert(exc: ApiException, what: str) -> PermanentError | TransientError:
 
 
 def _api_message(exc: ApiException) -> str:
-    import json  # noqa: PLC0415 (only on errors)
-
     body = exc.body
     if isinstance(body, bytes):
         body = body.decode(errors="replace")
@@ -262,10 +263,6 @@ def _naive_utc(value: datetime) -> datetime:
 
 def api_client() -> ApiClient:
     """A client from ``KUBECONFIG`` (or ~/.kube/config), else the in-cluster ServiceAccount."""
-    import os  # noqa: PLC0415
-
-    from kubernetes import config  # noqa: PLC0415
-
     kubeconfig = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
     if os.path.exists(kubeconfig.split(os.pathsep)[0]):
         client: ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]

@@ -3,8 +3,9 @@
 Compared with ``pg_dump > file; aws s3 cp; rm`` this:
 
 * never touches local disk: pg_dump's stdout is read in part-size chunks and
-  each part is uploaded while the next one fills (see :mod:`.s3`), so memory
-  is bounded by ``jobs x (max_inflight + 1) x part size``, not the dump size;
+  each part is uploaded while the next one fills (see :mod:`.s3`); all
+  databases share ``2 x jobs + 1`` part buffers, so memory is bounded by the
+  part size and ``--jobs``, not by the size of the databases;
 * dumps ``--jobs`` databases at a time (CPU-bound pg_dump compression is the
   bottleneck, so one per CPU);
 * takes each database's metadata (extensions, Citus distribution, roles and

@@ -435,8 +435,9 @@ def swap_databases(conn: Connection, target: str, replacement: str, old_name: st
     """
     set_allow_connections(conn, target, False)
     try:
+        terminated = 0
         for attempt in range(1, SWAP_ATTEMPTS + 1):
-            terminated = terminate_backends(conn, target)
+            terminated += terminate_backends(conn, target)
             deadline = time.monotonic() + TERMINATE_WAIT
             while _sessions(conn, target) and time.monotonic() < deadline:
                 time.sleep(0.1)

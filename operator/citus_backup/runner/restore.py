@@ -35,6 +35,7 @@ import contextlib
 import hashlib
 import logging
 import secrets
+import signal
 import subprocess
 import threading
 import time
@@ -339,7 +340,7 @@ class _Restore:
                 if target in pg.all_database_names(conn):
                     if not self.options.replace:
                         raise target_exists(target)
-                    old = self._old_name(target)
+                    old = self._old_name(target, pg.all_database_names(conn))
                     pg.swap_databases(conn, target, temp, old)
                     self._dispose_old(conn, old)
                 else:
@@ -349,11 +350,13 @@ class _Restore:
                 raise
         log.info("restored database %s from %s", shown, entry.object.name)
 
-    def _old_name(self, target: str) -> str:
+    def _old_name(self, target: str, existing: set[str]) -> str:
+        """Where the replaced database goes: ``<name>_old_<backup id>`` if kept
+        (and that name is free and fits in 63 bytes), else a random name."""
         assert self.manifest is not None
         if self.options.keep_old:
             name = f"{target}_old_{self.manifest.backup_id}"
-            if len(name.encode()) <= 63:
+            if len(name.encode()) <= 63 and name not in existing:
                 return name
         return "citus_backup_old_" + secrets.token_hex(6)
 
@@ -371,14 +374,17 @@ class _Restore:
                 self.summary.extra.setdefault("leftoverDatabases", []).append(old)
 
     def _drop_quietly(self, conn: pg.Connection, name: str) -> None:
+        """Drop a database we created, on ``conn`` or else a fresh connection."""
         try:
-            if not conn.closed:
-                pg.drop_database(conn, name, self.version_num)
-                return
-            with self.pg.session(self.pg_config.maintenance_db) as fresh:
+            pg.drop_database(conn, name, self.version_num)
+            return
+        except CitusBackupError:
+            pass
+        try:
+            with self.pg.session(self._maintenance_db([name])) as fresh:
                 pg.drop_database(fresh, name, self.version_num)
         except CitusBackupError as exc:
-            log.warning("could not drop temporary database %s: %s", name, exc)
+            log.warning("could not drop database %s: %s", quote_name(name), exc)
 
     # ----------------------------------------------- tables and schemas
     def restore_objects(self, entry: DatabaseEntry, target: str) -> None:
@@ -417,6 +423,15 @@ class _Restore:
         log.info("restored %s into database %s", what, shown)
 
     def _check_objects_in_manifest(self, entry: DatabaseEntry) -> None:
+        """Fail before restoring anything when a --table is surely not in the dump.
+
+        The manifest lists tables only; ``pg_dump -t`` also takes views,
+        sequences, ... so only a dump without such relations is conclusive
+        (the exact check runs on the temporary database).
+        """
+        other_relations = {"VIEW", "MATERIALIZED VIEW", "SEQUENCE", "FOREIGN TABLE"}
+        if other_relations & set(entry.toc.counts_by_type):
+            return
         tables = {(t.schema_name, t.name) for t in entry.toc.tables}
         missing = [f"{s}.{t}" for s, t in self.options.tables if (s, t) not in tables]
         if missing:
@@ -479,10 +494,13 @@ class _Restore:
             producer.terminate()
             self.children.done(producer)
         what = f"copy into database {quote_name(target)}"
-        if dump_code != 0:
+        # pg_dump killed by SIGPIPE only means pg_restore stopped reading.
+        if dump_code not in (0, -signal.SIGPIPE):
             raise producer.failure(f"{what}: pg_dump of the temporary database")
         if restore_code != 0:
             raise consumer.failure(what)
+        if dump_code != 0:
+            raise producer.failure(f"{what}: pg_dump of the temporary database")
 
     # ----------------------------------------------------------- globals
     def restore_globals(self, manifest: Manifest) -> None:

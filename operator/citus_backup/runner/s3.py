@@ -4,11 +4,13 @@ streaming multipart uploads with bounded memory.
 Why not ``put_object(length=-1)``: it needs one fixed part size for the whole
 object, so it either wastes memory on small dumps or cannot hold large ones
 within S3's 10,000 parts. :class:`StreamUploader` fills parts of growing size
-(:mod:`.partsize`) straight from a pipe, keeps at most ``max_inflight`` parts
-uploading while the next one fills (memory = (max_inflight + 1) x part size,
-independent of the dump size), completes the upload only after every part
-succeeded, and aborts it otherwise so no invisible half-object is left behind.
-A stream that ends inside its first part is sent with one PUT.
+(:mod:`.partsize`) straight from a pipe into recycled buffers, keeps at most
+``max_inflight`` parts uploading while the next one fills, and takes its
+buffers from a budget shared by all uploads of a run — so memory is bounded by
+``budget x part size`` whatever the size or number of dumps. It completes the
+upload only after every part succeeded (and the producer exited 0), and aborts
+it otherwise so no invisible half-object is left behind. A stream that ends
+inside its first part is sent with one PUT.
 
 The multipart calls (``_create_multipart_upload`` and friends) are the SDK's
 own, non-public methods; minio is pinned exactly in pyproject.toml, and the
