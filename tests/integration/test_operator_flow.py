@@ -9,7 +9,6 @@ names), and every policy writes under its own prefix.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -79,31 +78,6 @@ def assert_clean(operator: OperatorProcess, data: Fixture, ns: Objects) -> None:
             assert secret not in text
 
 
-def runner_reported(ns: Objects, job: str) -> bool:
-    """Whether the runner left its JSON summary as the pod's termination message.
-
-    The runner writes it to /dev/termination-log; under the local-node harness it
-    must write to $CITUS_BACKUP_TERMINATION_LOG instead. Until it does, what the
-    operator derives from the summary (sizes, databases) cannot be observed here
-    (the unit tests cover it): say so loudly rather than fail or pass silently.
-    """
-    pods = ns.core.list_namespaced_pod(
-        ns.namespace, label_selector=f"batch.kubernetes.io/job-name={job}"
-    ).items
-    for pod in pods:
-        for container in pod.status.container_statuses or []:
-            terminated = container.state.terminated if container.state else None
-            if terminated is not None and terminated.message:
-                return True
-    warnings.warn(
-        f"Job {job}: the runner left no termination message under the local-node harness "
-        "(it does not write $CITUS_BACKUP_TERMINATION_LOG yet); summary-derived status "
-        "fields were not checked here",
-        stacklevel=2,
-    )
-    return False
-
-
 # --------------------------------------------------------------------------- schema
 
 
@@ -141,10 +115,10 @@ def test_on_demand_backup_restores_and_guards(
     assert status["phase"] == "Succeeded", status
     assert status["jobName"] == backup_job_name("manual-1")
     assert status["tiers"] == ["daily"]
-    if runner_reported(ns, status["jobName"]):
-        assert set(status["databases"]) == {data.app1, data.app2}
-        assert all(size > 0 for size in status["databases"].values())
-        assert status["totalSizeBytes"] > 0
+    # From the runner's JSON summary in the pod's termination message.
+    assert set(status["databases"]) == {data.app1, data.app2}
+    assert all(size > 0 for size in status["databases"].values())
+    assert status["totalSizeBytes"] > 0
     assert status["location"]["bucket"] == data.bucket
     assert status["location"]["keyPrefix"] == f"main/daily/{status['backupId']}/"
     assert status["completionTime"]
@@ -208,8 +182,7 @@ def test_on_demand_backup_restores_and_guards(
     status = ns.wait_phase("CitusRestore", "all", ("Succeeded", "Failed"), RUN_TIMEOUT)
     assert status["phase"] == "Succeeded", status
     assert status["backupName"] == "manual-1"
-    if runner_reported(ns, status["jobName"]):
-        assert set(status["restoredDatabases"]) == {data.app1, data.app2}
+    assert set(status["restoredDatabases"]) == {data.app1, data.app2}
     assert data.sql(data.app2, "SELECT count(*) FROM notes") == [(1,)]
     assert ns.has_event("all", "RestoreSucceeded")
 
