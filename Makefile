@@ -45,6 +45,7 @@ lint: venv ## ruff + mypy
 
 crds: venv ## Regenerate crds/ from the models
 	$(VENV)/bin/citus-backup crds --output crds
+	$(VENV)/bin/citus-backup crds --output manifests/crds
 
 test: deps lint ## Everything: install, lint, then the unit, integration and e2e tiers
 	$(MAKE) --no-print-directory test-unit test-integration test-e2e
@@ -66,7 +67,7 @@ demo-env: venv ## Print `export` lines for the demo environment (eval "$$(make -
 	$(LOCALENV) env
 
 demo-down: venv ## Stop everything `make demo` started
-	$(LOCALENV) down
+	hack/demo.sh down
 
 bench: deps ## Benchmarks (see README: Benchmarks)
 	bench/run.sh

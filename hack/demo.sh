@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# `make demo`: bring up the local environment (PostgreSQL, MinIO, etcd,
-# kube-apiserver, kube-controller-manager as loopback processes) and print how
-# to reach it. Idempotent: a second run re-uses what is already up.
+# `make demo` / `make demo-down`: the seed's story on the local environment
+# (see hack/demo.py). Idempotent: a second run re-uses what is already up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONPATH=hack
-.venv/bin/python -m localenv up
+export PYTHONPATH=hack:tests:operator
+exec .venv/bin/python hack/demo.py "${1:-up}"

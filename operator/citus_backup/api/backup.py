@@ -128,7 +128,8 @@ class CitusBackupStatus(StatusModel):
         None, description="metadata.generation the status was computed for."
     )
     conditions: tuple[Condition, ...] = conditions_field(
-        "Succeeded: Unknown while pending or running, then True or False."
+        "Succeeded: Unknown while pending or running, then True or False. Restorable: whether "
+        "the backup's data is still in the bucket (False, reason DataExpired, once expired)."
     )
 
 
@@ -185,6 +186,12 @@ KIND_INFO = KindInfo(
         PrinterColumn("Policy", ".spec.policyName", "string", "CitusBackupPolicy of the backup."),
         PrinterColumn("Phase", ".status.phase", "string", "Pending, Running, Succeeded, Failed."),
         PrinterColumn("Size", ".status.totalSize", "string", "Total size of the backup."),
+        PrinterColumn(
+            "Restorable",
+            '.status.conditions[?(@.type=="Restorable")].status',
+            "string",
+            "False once the backup's data expired from the bucket.",
+        ),
         AGE_COLUMN,
         PrinterColumn("Tiers", ".status.tiers", "string", "Tiers the backup is stored in.", 1),
         PrinterColumn("Backup ID", ".status.backupId", "string", "Identifier in the bucket.", 1),

@@ -180,6 +180,8 @@ class ConditionType(StrEnum):
     LIFECYCLE_IN_SYNC = "LifecycleInSync"
     #: CitusBackup / CitusRestore: terminal result (Unknown while running).
     SUCCEEDED = "Succeeded"
+    #: CitusBackup: whether its data is still in the bucket (False once expired).
+    RESTORABLE = "Restorable"
 
 
 class Reason(StrEnum):
@@ -221,6 +223,9 @@ class Reason(StrEnum):
     LIFECYCLE_IN_SYNC = "LifecycleInSync"
     LIFECYCLE_OUT_OF_SYNC = "LifecycleOutOfSync"
     LIFECYCLE_UPDATE_FAILED = "LifecycleUpdateFailed"
+    # catalogue (is a backup's data still in the bucket)
+    DATA_PRESENT = "DataPresent"
+    DATA_EXPIRED = "DataExpired"
 
 
 #: Reasons each condition type may carry (documentation, and checked by tests).
@@ -252,6 +257,8 @@ REASONS_BY_CONDITION: dict[ConditionType, frozenset[Reason]] = {
             Reason.LIFECYCLE_IN_SYNC,
             Reason.LIFECYCLE_OUT_OF_SYNC,
             Reason.LIFECYCLE_UPDATE_FAILED,
+            Reason.PREFIX_OVERLAP,
+            Reason.INVALID_SPEC,
             Reason.STORAGE_UNREACHABLE,
             Reason.BUCKET_NOT_FOUND,
             Reason.SECRET_NOT_FOUND,
@@ -283,6 +290,7 @@ REASONS_BY_CONDITION: dict[ConditionType, frozenset[Reason]] = {
             Reason.RESTORE_FAILED,
         }
     ),
+    ConditionType.RESTORABLE: frozenset({Reason.DATA_PRESENT, Reason.DATA_EXPIRED}),
 }
 
 ConditionStatus = Literal["True", "False", "Unknown"]

@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 import psycopg
 
 from citus_backup import __version__
-from citus_backup.errors import PermanentError
+from citus_backup.errors import CitusBackupError, PermanentError
 from citus_backup.runner import layout, pg
 from citus_backup.runner.citus import CITUS_TABLES_QUERY, DIST_NODE_QUERY, citus_metadata
 from citus_backup.runner.config import PgConfig, S3Config
@@ -51,6 +51,7 @@ from citus_backup.runner.manifest import (
 )
 from citus_backup.runner.partsize import DEFAULT_INITIAL_PART_SIZE, PartSchedule
 from citus_backup.runner.progress import DEFAULT_INTERVAL, Progress
+from citus_backup.runner.protect import protect
 from citus_backup.runner.s3 import Cancelled, S3Store, StreamUploader
 from citus_backup.runner.selection import default_jobs, quote_name, select_databases
 from citus_backup.runner.summary import RunSummary
@@ -80,6 +81,9 @@ class BackupOptions:
     role_passwords: bool = True
     lock_wait_timeout: str | None = None
     progress_interval: float = DEFAULT_INTERVAL
+    #: After success, untag this set and re-tag the previously protected one
+    #: (:mod:`.protect`): the newest successful set of each tier never expires.
+    keep_newest: bool = True
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
 
@@ -393,7 +397,20 @@ class _Backup:
         log.info("backup %s complete: %s", backup_id, location.url(self.store.bucket))
         for t in also:
             self.copy_to_tier(location, manifest, t)
+        if options.keep_newest:
+            self._protect(backup_id, [tier, *also])
         return manifest
+
+    def _protect(self, backup_id: str, tiers: list[str]) -> None:
+        """Move protection to this set. The set is complete and restorable whatever
+        happens here, so an S3 error is a warning (``summary.extra``), not a failure:
+        the previously protected set stays untagged until a later run succeeds."""
+        try:
+            protect(self.store, self.store.config.prefix, backup_id, tiers)
+            self.summary.extra["protected"] = True
+        except CitusBackupError as exc:
+            self.summary.extra["protected"] = False
+            log.warning("backup %s: could not move expiry protection to it: %s", backup_id, exc)
 
     def _wait(self, futures: dict[Future[DatabaseEntry], str]) -> None:
         """Wait for all dumps; at the first failure stop the others, raise it."""

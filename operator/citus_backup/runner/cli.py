@@ -33,6 +33,7 @@ from citus_backup.runner.layout import parse_location
 from citus_backup.runner.listing import list_sets, render_json, render_table
 from citus_backup.runner.partsize import MiB, PartSchedule
 from citus_backup.runner.progress import DEFAULT_INTERVAL
+from citus_backup.runner.protect import protect
 from citus_backup.runner.restore import RestoreOptions, parse_table, run_restore
 from citus_backup.runner.s3 import S3Store
 from citus_backup.runner.selection import effective_cpus
@@ -222,7 +223,30 @@ def register(subparsers: Any) -> None:
     backup.add_argument(
         "--lock-wait-timeout", metavar="TIMEOUT", help="pg_dump --lock-wait-timeout (e.g. 5min)"
     )
+    backup.add_argument(
+        "--no-keep-newest",
+        action="store_true",
+        help="do not move expiry protection to this set after success (by default the set "
+        "is untagged and the previously protected set of its tiers tagged expirable again)",
+    )
     backup.set_defaults(func=_backup)
+
+    protector = subparsers.add_parser(
+        "protect",
+        parents=[s3p],
+        help="make a complete set the one that never expires in its tier(s)",
+        description="Remove the expirable tag from every object of the set and put it back on "
+        "the other complete sets of the tier(s). `backup` does this itself after success.",
+    )
+    protector.add_argument("--backup-id", required=True, help="id of the complete set")
+    protector.add_argument(
+        "--tier",
+        action="append",
+        default=[],
+        metavar="TIER",
+        help="tier(s) to protect it in (repeatable; default daily)",
+    )
+    protector.set_defaults(func=_protect)
 
     restore = subparsers.add_parser(
         "restore",
@@ -415,6 +439,7 @@ def _backup(args: argparse.Namespace) -> int:
             role_passwords=not args.no_role_passwords,
             lock_wait_timeout=args.lock_wait_timeout,
             progress_interval=args.progress_interval,
+            keep_newest=not args.no_keep_newest,
         )
         run_backup(pg, s3, options, summary)
 
@@ -448,6 +473,23 @@ def _restore(args: argparse.Namespace) -> int:
         run_restore(pg, s3, options, summary)
 
     return run_command("restore", args, body)
+
+
+def _protect(args: argparse.Namespace) -> int:
+    handler = _setup_logging()
+    try:
+        s3 = _s3_config(args)
+        store = S3Store(s3)
+        store.check_bucket()
+        backup_id = layout.validate_backup_id(args.backup_id)
+        tiers = [layout.validate_tier(t) for t in args.tier or [layout.DEFAULT_TIER]]
+        protect(store, s3.prefix, backup_id, tiers)
+    except CitusBackupError as exc:
+        log.error("protect failed: %s", exc)
+        return 1
+    finally:
+        log.removeHandler(handler)
+    return 0
 
 
 def _list(args: argparse.Namespace) -> int:

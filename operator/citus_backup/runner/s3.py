@@ -34,7 +34,7 @@ from typing import Protocol, cast
 
 import urllib3
 from minio import Minio
-from minio.commonconfig import ComposeSource, CopySource
+from minio.commonconfig import ComposeSource, CopySource, Tags
 from minio.credentials.providers import StaticProvider
 from minio.datatypes import Part
 from minio.error import InvalidResponseError, S3Error, ServerError
@@ -52,6 +52,16 @@ from citus_backup.runner.config import S3Config
 from citus_backup.runner.partsize import MAX_PART_SIZE, PartLimitExceeded, PartSchedule
 
 log = logging.getLogger("citus_backup.runner")
+
+#: Object tag set on everything a backup writes: the bucket's lifecycle rules
+#: (one per tier, owned by the operator) expire only objects carrying it, and
+#: :mod:`.protect` removes it from the newest successful set of each tier. The
+#: same key/value as :data:`citus_backup.specs.lifecycle.EXPIRABLE_TAG_KEY`
+#: (a unit test checks); not imported from there to keep the runner light.
+EXPIRABLE_TAG_KEY = "citusbackup.io/expirable"
+EXPIRABLE_TAG_VALUE = "true"
+#: The ``x-amz-tagging`` header value (URL-query encoded) for uploads.
+EXPIRABLE_TAGGING_HEADER = "citusbackup.io%2Fexpirable=true"
 
 #: Bytes per read when streaming an object down.
 READ_CHUNK = 1024 * 1024
@@ -229,6 +239,9 @@ class S3Store:
         self.config = config
         self.bucket = config.bucket
         self.client = client or make_client(config, max_connections)
+        #: Extra upload headers: every object written is tagged expirable (see
+        #: EXPIRABLE_TAG_KEY); copies keep the source's tags (S3's default COPY directive).
+        self._tagging: dict[str, str] = {"x-amz-tagging": EXPIRABLE_TAGGING_HEADER}
 
     def _what(self, action: str, key: str | None = None) -> str:
         target = f"s3://{self.bucket}/{key}" if key is not None else f"s3://{self.bucket}"
@@ -266,7 +279,7 @@ class S3Store:
                 self.bucket,
                 key,
                 cast(bytes, data),
-                headers={"Content-Type": content_type},
+                headers={"Content-Type": content_type, **self._tagging},
             )
         except Exception as exc:
             raise self._error(exc, "upload", key) from exc
@@ -351,11 +364,35 @@ class S3Store:
         except Exception as exc:
             raise self._error(exc, "delete", key) from exc
 
+    def expirable(self, key: str) -> bool:
+        """Whether the object carries the expirable tag."""
+        try:
+            tags = self.client.get_object_tags(self.bucket, key)
+        except Exception as exc:
+            raise self._error(exc, "read tags of", key) from exc
+        return tags is not None and tags.get(EXPIRABLE_TAG_KEY) == EXPIRABLE_TAG_VALUE
+
+    def set_expirable(self, key: str, expirable: bool) -> None:
+        """Put the expirable tag on the object, or remove every tag from it.
+
+        Our objects carry no other tag (we write them), so removing all tags is
+        removing the expirable one, in one request.
+        """
+        try:
+            if expirable:
+                tags = Tags.new_object_tags()
+                tags[EXPIRABLE_TAG_KEY] = EXPIRABLE_TAG_VALUE
+                self.client.set_object_tags(self.bucket, key, tags)
+            else:
+                self.client.delete_object_tags(self.bucket, key)
+        except Exception as exc:
+            raise self._error(exc, "tag" if expirable else "untag", key) from exc
+
     # Multipart upload primitives (see module docstring).
     def create_multipart(self, key: str, content_type: str) -> str:
         try:
             return self.client._create_multipart_upload(
-                self.bucket, key, {"Content-Type": content_type}
+                self.bucket, key, {"Content-Type": content_type, **self._tagging}
             )
         except Exception as exc:
             raise self._error(exc, "start multipart upload", key) from exc

@@ -1,0 +1,395 @@
+"""``make demo``: the seed's story, end to end, on the local environment.
+
+The old set-up was a cron container running pg_dump at 03:00, aws-cli into
+MinIO, two lifecycle rules clicked in the console, and ``docker exec
+pg_restore`` by hand. This script replays that story the Kubernetes way and
+prints what a user would type and see:
+
+1. the local environment (PostgreSQL with app1/app2/app3, MinIO, the control
+   plane) comes up, the CRDs and RBAC from ``manifests/`` are applied;
+2. the operator runs with its own ServiceAccount's credentials, and Job pods
+   are run by the local-node TEST DOUBLE (``tests/harness``) because this
+   machine has no kubelet yet;
+3. ``kubectl apply`` a CitusBackupPolicy, ``kubectl create citusbackup`` for a
+   backup now; the bucket holds the backup set;
+4. a table is dropped in app1; ``kubectl create citusrestore`` brings it back
+   and app2/app3 are untouched.
+
+Everything stays up afterwards for exploring; ``make demo-down`` stops it.
+Idempotent: a second run re-uses what is up and makes new backup/restore names.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+from kubernetes import client, config
+from minio import Minio
+from psycopg import sql
+
+from localenv import env as localenv
+from localenv.binaries import binary
+from localenv.process import stop_pid
+
+REPO = Path(__file__).resolve().parent.parent
+STATE_DIR = localenv.DEFAULT_STATE_DIR
+PROCS_FILE = STATE_DIR / "demo-processes.json"
+NAMESPACE = "citus"
+OPERATOR_NAMESPACE = "citus-backup-system"
+OPERATOR_SA = "citus-backup-operator"
+BUCKET = "citus-backups"
+# Seconds to wait for a backup or restore to finish; the demo data is small.
+WAIT_SECONDS = 180
+
+
+def say(text: str) -> None:
+    print(f"\n\033[1m== {text}\033[0m", flush=True)
+
+
+def run(argv: list[str], env: dict[str, str], *, show: bool = True, check: bool = True) -> str:
+    """Run a command as the user would, echoing it (credentials never appear in argv)."""
+    if show:
+        shown = [Path(argv[0]).name, *argv[1:]]
+        print(f"$ {shlex.join(shown)}", flush=True)
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    if show:
+        print(result.stdout.rstrip() or result.stderr.rstrip(), flush=True)
+    if check and result.returncode != 0:
+        raise SystemExit(f"demo: `{shlex.join(argv)}` failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+def seed_databases(state: localenv.DemoState) -> None:
+    """app1 (customers, orders), app2 (products), app3 (events), as the seed's stack has."""
+    pg = state.postgres
+    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+        existing = {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
+        for db in ("app1", "app2", "app3"):
+            if db not in existing:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
+    statements = {
+        "app1": [
+            "CREATE TABLE IF NOT EXISTS customers (id int PRIMARY KEY, name text NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS orders (id int PRIMARY KEY,"
+            " customer_id int REFERENCES customers, total numeric(10,2), created timestamptz)",
+            "INSERT INTO customers SELECT g, 'customer ' || g FROM generate_series(1, 500) g"
+            " ON CONFLICT DO NOTHING",
+            "INSERT INTO orders SELECT g, 1 + g % 500, (g % 997) * 1.25, now()"
+            " FROM generate_series(1, 20000) g ON CONFLICT DO NOTHING",
+        ],
+        "app2": [
+            "CREATE TABLE IF NOT EXISTS products (sku text PRIMARY KEY, price numeric(10,2))",
+            "INSERT INTO products SELECT 'sku-' || g, g * 0.5 FROM generate_series(1, 5000) g"
+            " ON CONFLICT DO NOTHING",
+        ],
+        "app3": [
+            "CREATE TABLE IF NOT EXISTS events (id bigint PRIMARY KEY, payload jsonb)",
+            "INSERT INTO events SELECT g, jsonb_build_object('n', g)"
+            " FROM generate_series(1, 10000) g ON CONFLICT DO NOTHING",
+        ],
+    }
+    for db, stmts in statements.items():
+        with psycopg.connect(pg.dsn(db), autocommit=True) as conn:
+            for stmt in stmts:
+                conn.execute(stmt.encode())
+
+
+def table_digest(state: localenv.DemoState, db: str, table: str) -> str:
+    with psycopg.connect(state.postgres.dsn(db)) as conn:
+        row = conn.execute(
+            sql.SQL(
+                "SELECT count(*) || ' rows, md5 ' || md5(string_agg(t::text, ',' ORDER BY t::text))"
+                " FROM {} t"
+            ).format(sql.Identifier(table))
+        ).fetchone()
+    return str(row[0]) if row else "?"
+
+
+def apply_secrets(core: client.CoreV1Api, state: localenv.DemoState) -> None:
+    """The Secrets the policy references, created through the API (not argv)."""
+    secrets = {
+        "citus-postgres": {"password": state.postgres.password},
+        "citus-backup-minio": {
+            "accessKeyId": state.minio.access_key,
+            "secretAccessKey": state.minio.secret_key,
+        },
+    }
+    for name, data in secrets.items():
+        body = client.V1Secret(
+            metadata=client.V1ObjectMeta(name=name, namespace=NAMESPACE),
+            data={k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+        )
+        try:
+            core.create_namespaced_secret(NAMESPACE, body)
+        except client.ApiException as exc:
+            if exc.status != 409:
+                raise
+            core.replace_namespaced_secret(name, NAMESPACE, body)
+
+
+def policy_yaml(state: localenv.DemoState) -> str:
+    """manifests/samples/policy.yaml, pointed at the local PostgreSQL and MinIO."""
+    text = (REPO / "manifests/samples/policy.yaml").read_text()
+    pg, minio = state.postgres, state.minio
+    return (
+        text.replace("citus-coordinator.citus.svc", pg.host)
+        .replace("port: 5432", f"port: {pg.port}")
+        .replace("sslMode: prefer", "sslMode: disable")
+        .replace("minio.minio.svc:9000", minio.endpoint)
+    )
+
+
+def load_procs() -> dict[str, int]:
+    try:
+        data: dict[str, int] = json.loads(PROCS_FILE.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {name: pid for name, pid in data.items() if Path(f"/proc/{pid}").exists()}
+
+
+def start_detached(name: str, argv: list[str], env: dict[str, str], log: Path) -> int:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            argv,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    print(f"   {name}: pid {proc.pid}, log {log}")
+    return proc.pid
+
+
+def stop_demo_processes() -> None:
+    for pid in load_procs().values():
+        stop_pid(pid)
+    PROCS_FILE.unlink(missing_ok=True)
+
+
+def wait_phase(env: dict[str, str], kubectl: str, kind: str, name: str) -> str:
+    deadline = time.monotonic() + WAIT_SECONDS
+    phase = ""
+    while time.monotonic() < deadline:
+        phase = run(
+            [kubectl, "-n", NAMESPACE, "get", kind, name, "-o", "jsonpath={.status.phase}"],
+            env,
+            show=False,
+            check=False,
+        )
+        if phase in ("Succeeded", "Failed"):
+            return phase
+        time.sleep(1)
+    return phase or "Unknown"
+
+
+def up() -> int:
+    say("Local environment (PostgreSQL 15, MinIO, etcd, kube-apiserver, kube-controller-manager)")
+    if localenv.up(STATE_DIR) != 0:
+        return 1
+    state = localenv.DemoState.load(STATE_DIR)
+    assert state is not None
+    kubectl = str(state.kube.kubectl)
+    env = {
+        **os.environ,
+        **state.env(),
+        "PATH": os.pathsep.join(
+            [
+                str(Path(sys.executable).parent),
+                str(Path(kubectl).parent),
+                str(binary("mc").parent),
+                os.environ.get("PATH", ""),
+            ]
+        ),
+    }
+    env.pop("PGPASSWORD", None)  # the user's shell would not need it for kubectl
+
+    say("PostgreSQL with the seed's databases app1, app2, app3")
+    seed_databases(state)
+    print(
+        f"   {state.postgres.redacted_dsn()}: app1.orders {table_digest(state, 'app1', 'orders')}"
+    )
+    s3 = Minio(state.minio.endpoint, state.minio.access_key, state.minio.secret_key, secure=False)
+    if not s3.bucket_exists(BUCKET):
+        s3.make_bucket(BUCKET)
+
+    say("Install: CRDs, namespace and least-privilege RBAC from manifests/")
+    run(
+        [
+            kubectl,
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            str(REPO / "manifests/crds"),
+        ],
+        env,
+    )
+    run(
+        [
+            kubectl,
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd",
+            "-l",
+            "app.kubernetes.io/name=citus-backup-operator",
+        ],
+        env,
+        show=False,
+    )
+    run(
+        [
+            kubectl,
+            "apply",
+            "-f",
+            str(REPO / "manifests/namespace.yaml"),
+            "-f",
+            str(REPO / "manifests/rbac.yaml"),
+        ],
+        env,
+    )
+    run([kubectl, "create", "namespace", NAMESPACE], env, check=False, show=False)
+    config.load_kube_config(str(state.kube.kubeconfig))  # type: ignore[no-untyped-call]
+    apply_secrets(client.CoreV1Api(), state)
+
+    ensure_processes(state, env)
+    return story(state, env)
+
+
+def ensure_processes(state: localenv.DemoState, env: dict[str, str]) -> None:
+    """The operator and the local-node test double, started once and re-used."""
+    procs = load_procs()
+    if {"operator", "local-node"} - set(procs):
+        stop_demo_processes()
+        say("The operator (as its own ServiceAccount) and the local-node test double")
+        sa_kubeconfig = STATE_DIR / "operator.kubeconfig"
+        for _ in range(30):  # the ServiceAccount appears once the namespace is reconciled
+            with contextlib.suppress(Exception):
+                state.kube.mint_sa_kubeconfig(OPERATOR_NAMESPACE, OPERATOR_SA, sa_kubeconfig)
+                break
+            time.sleep(1)
+        base = {"PATH": env["PATH"], "HOME": str(STATE_DIR), "PYTHONUNBUFFERED": "1"}
+        procs = {
+            "operator": start_detached(
+                "operator",
+                [
+                    str(Path(sys.executable).parent / "citus-backup"),
+                    "operator",
+                    "--namespace",
+                    NAMESPACE,
+                    "--standalone",
+                ],
+                {**base, "KUBECONFIG": str(sa_kubeconfig)},
+                state.log_dir / "operator.log",
+            ),
+            "local-node": start_detached(
+                "local-node",
+                [
+                    sys.executable,
+                    "-m",
+                    "harness",
+                    "--state-dir",
+                    str(STATE_DIR),
+                    "--namespace",
+                    NAMESPACE,
+                ],
+                {**base, "PYTHONPATH": f"{REPO / 'tests'}:{REPO / 'hack'}"},
+                state.log_dir / "local-node.log",
+            ),
+        }
+        PROCS_FILE.write_text(json.dumps(procs))
+
+
+def story(state: localenv.DemoState, env: dict[str, str]) -> int:
+    """Policy, on-demand backup, a dropped table, a restore of app1 only."""
+    kubectl = str(state.kube.kubectl)
+
+    say("kubectl apply -f policy.yaml: daily 03:00 UTC, standard retention (30 daily + 12 monthly)")
+    policy_file = STATE_DIR / "policy.yaml"
+    policy_file.write_text(policy_yaml(state))
+    run([kubectl, "apply", "-f", str(policy_file)], env)
+
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%H%M%S")
+    backup, restore = f"manual-{stamp}", f"restore-app1-{stamp}"
+    say("An on-demand backup (the seed's 'manual run')")
+    run([kubectl, "create", "citusbackup", backup, "-n", NAMESPACE, "--policy", "citus"], env)
+    phase = wait_phase(env, kubectl, "citusbackup", backup)
+    run([kubectl, "get", "citusbackuppolicies,citusbackups", "-n", NAMESPACE], env)
+    if phase != "Succeeded":
+        run([kubectl, "describe", "citusbackup", backup, "-n", NAMESPACE], env, check=False)
+        return 1
+
+    say("The backup set in the bucket (plain pg_dump archives + manifest)")
+    run(["mc", "ls", "--recursive", f"local/{BUCKET}"], env)
+
+    app2_before = table_digest(state, "app2", "products")
+    app3_before = table_digest(state, "app3", "events")
+    say("Oops: someone drops app1.orders")
+    with psycopg.connect(state.postgres.dsn("app1"), autocommit=True) as conn:
+        conn.execute("DROP TABLE orders")
+    print("$ psql app1 -c 'DROP TABLE orders'\nDROP TABLE")
+
+    say("kubectl create citusrestore: app1 only, in place")
+    run(
+        [
+            kubectl,
+            "create",
+            "citusrestore",
+            restore,
+            "-n",
+            NAMESPACE,
+            "--backup",
+            backup,
+            "--database",
+            "app1",
+            "--replace",
+        ],
+        env,
+    )
+    phase = wait_phase(env, kubectl, "citusrestore", restore)
+    run([kubectl, "get", "citusrestores", "-n", NAMESPACE], env)
+    if phase != "Succeeded":
+        run([kubectl, "describe", "citusrestore", restore, "-n", NAMESPACE], env, check=False)
+        return 1
+
+    say("Result")
+    app2_after = table_digest(state, "app2", "products")
+    app3_after = table_digest(state, "app3", "events")
+    print(f"   app1.orders is back:  {table_digest(state, 'app1', 'orders')}")
+    for label, before, after in (
+        ("app2.products", app2_before, app2_after),
+        ("app3.events", app3_before, app3_after),
+    ):
+        verdict = "untouched" if after == before else "CHANGED"
+        print(f"   {label + ':':<22}{after} ({verdict})")
+    print(
+        "\nEverything is still running. Try:\n"
+        "   eval \"$(make -s demo-env)\"          # KUBECONFIG, PG*, mc alias 'local'\n"
+        "   kubectl get citus-backup -A          # the three kinds (category)\n"
+        f"   kubectl create citusbackup now -n {NAMESPACE} --policy citus\n"
+        f"   logs: {state.log_dir}\n"
+        "Stop it all with: make demo-down"
+    )
+    return 0 if app2_after == app2_before and app3_after == app3_before else 1
+
+
+def down() -> int:
+    stop_demo_processes()
+    return localenv.down(STATE_DIR)
+
+
+if __name__ == "__main__":
+    command = sys.argv[1] if len(sys.argv) > 1 else "up"
+    sys.exit(down() if command == "down" else up())
