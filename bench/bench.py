@@ -273,6 +273,7 @@ def measured(
         f"{method:<14} rep {rep}: {result.wall_seconds:7.2f}s  "
         f"rss root {result.peak_rss_root_bytes / MiB:6.1f} MiB  "
         f"tree {result.peak_rss_tree_bytes / MiB:6.1f} MiB  "
+        f"pss tree {result.peak_pss_tree_bytes / MiB:6.1f} MiB  "
         f"disk writes {result.write_bytes / MiB:8.1f} MiB  load {load[0]:.2f}  "
         f"others' CPU {step.foreign_cpu:.1f}s"
     )
@@ -383,7 +384,8 @@ QUIET_SHARE = 0.05
 
 def quiet(step: Step) -> bool:
     cores = os.cpu_count() or 1
-    return step.foreign_cpu < QUIET_SHARE * cores * step.measurement.wall_seconds
+    # (with a floor of 0.2 CPU s: /proc/stat counts in 10 ms ticks)
+    return step.foreign_cpu < max(0.2, QUIET_SHARE * cores * step.measurement.wall_seconds)
 
 
 def summarize(steps: list[Step]) -> dict[str, dict[str, Any]]:
@@ -404,6 +406,8 @@ def summarize(steps: list[Step]) -> dict[str, dict[str, Any]]:
             "peakRssRootMax": max(m.peak_rss_root_bytes for m in ms),
             "peakRssTreeMedian": median([m.peak_rss_tree_bytes for m in ms]),
             "peakRssTreeMax": max(m.peak_rss_tree_bytes for m in ms),
+            "peakPssTreeMedian": median([m.peak_pss_tree_bytes for m in ms]),
+            "peakPssTreeMax": max(m.peak_pss_tree_bytes for m in ms),
             "writeBytesMedian": median([m.write_bytes for m in ms]),
             "writeBytesMax": max(m.write_bytes for m in ms),
             "cpuSecondsMedian": median([m.cpu_user_seconds + m.cpu_system_seconds for m in ms]),
@@ -438,7 +442,8 @@ def render(results: dict[str, Any]) -> str:
         f"{len(results['benchDatabases'])} databases, {mb(results['dataBytes'])} in PostgreSQL, "
         f"runner jobs {results['jobs']}, {results['repeat']} runs each, medians)",
         "",
-        "| method | wall s (runs) | peak RSS main process | peak RSS process tree "
+        "| method | wall s: median (runs) | peak RSS of the main process (max) "
+        "| peak RSS of the process tree (max) "
         "| local disk writes | CPU s: main process / tree / PostgreSQL / MinIO / machine "
         "| MinIO received "
         "| MinIO sent "
@@ -448,8 +453,8 @@ def render(results: dict[str, Any]) -> str:
     for method, m in s.items():
         runs = ", ".join(f"{w:.1f}" for w in m["wallSeconds"])
         lines.append(
-            f"| {method} | {m['wallMedian']:.2f} ({runs}) | {mb(m['peakRssRootMedian'])} "
-            f"| {mb(m['peakRssTreeMedian'])} | {mb(m['writeBytesMedian'])} "
+            f"| {method} | {m['wallMedian']:.2f} ({runs}) | {mb(m['peakRssRootMax'])} "
+            f"| {mb(m['peakRssTreeMax'])} | {mb(m['writeBytesMedian'])} "
             f"| {m['cpuRootMedian']:.1f} / {m['cpuSecondsMedian']:.1f} / "
             f"{m['serverCpuMedian']['postgres']:.1f} / "
             f"{m['serverCpuMedian']['minio']:.1f} / {m['machineCpuMedian']:.1f} "
@@ -505,7 +510,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                  "value": mb(rss), "ok": rss < TARGET_MEMORY})  # fmt: skip
     tree = runner["peakRssTreeMax"]
     rows.append({"target": "runner tree (incl. pg_dump) peak RSS < 150 MB (max of runs)",
-                 "value": mb(tree), "ok": tree < TARGET_MEMORY})  # fmt: skip
+                 "value": f"{mb(tree)} (summed PSS: {mb(runner['peakPssTreeMax'])})",
+                 "ok": tree < TARGET_MEMORY})  # fmt: skip
     written = runner["writeBytesMax"]
     rows.append({"target": "runner local disk writes = 0 (max of runs)",
                  "value": f"{written:,.0f} bytes", "ok": written == 0})  # fmt: skip

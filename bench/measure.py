@@ -7,11 +7,17 @@ How each number is obtained (also in docs/benchmarks.md):
   own high-water mark ``VmHWM`` from ``/proc/<pid>/status``, read every
   ``interval`` seconds; since it is monotonic, only growth in the last
   interval before exit could be missed.
-* **Peak RSS of the process tree**: every ``interval`` seconds the tree under
-  the root process is walked (``/proc/<pid>/task/<tid>/children``) and the
-  ``VmRSS`` of all members summed; the maximum of these sums is reported
+* **Peak memory of the process tree**: every ``interval`` seconds the tree
+  under the root process is walked (``/proc/<pid>/task/<tid>/children``) and
+  the ``VmRSS`` of its members summed; the maximum of these sums is reported
   (sampled, so a spike shorter than the interval can be missed). Shared pages
-  (libraries) are counted once per process, so this over-estimates slightly.
+  (libraries) are counted once per process, so this is an upper bound. A
+  child caught between ``fork`` and ``exec`` (same executable as the root) is
+  left out: it is a copy-on-write image of the parent and would count the
+  parent twice (seen once: a "173 MB tree" for an 88 MB runner). The summed
+  ``Pss`` (``/proc/<pid>/smaps_rollup``) is recorded too; it is a lower
+  bound, since pages shared with processes outside the tree are only
+  partly counted.
 * **Local disk writes**: Linux accounts ``write_bytes`` (bytes a task caused to
   be sent to the storage layer, i.e. page-cache pages it dirtied) per task;
   when a child is reaped its totals, including those of its own reaped
@@ -52,6 +58,7 @@ class Measurement:
     wall_seconds: float
     peak_rss_root_bytes: int  # VmHWM of the root process
     peak_rss_tree_bytes: int  # max over samples of the summed VmRSS of the tree
+    peak_pss_tree_bytes: int  # max over samples of the summed Pss of the tree
     peak_processes: int  # most processes seen in the tree at once
     write_bytes: int
     cancelled_write_bytes: int
@@ -91,6 +98,24 @@ def _status_kb(pid: int, key: str) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return 0
+
+
+def _exe(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return ""
+
+
+def _pss_kb(pid: int) -> int:
+    """Proportional set size: private pages plus a share of pages shared with others."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
                 return int(line.split()[1])
     except (OSError, ValueError, IndexError):
         return 0
@@ -141,6 +166,8 @@ class _Sampler(threading.Thread):
         self.root_hwm_kb = 0
         self.root_cpu = 0.0
         self.tree_peak_kb = 0
+        self.tree_pss_peak_kb = 0
+        self.root_exe: str | None = None
         self.peak_processes = 0
         self.samples = 0
         self.started = started
@@ -152,6 +179,11 @@ class _Sampler(threading.Thread):
         self.root_cpu = max(self.root_cpu, _own_seconds(self.pid))
         self.root_hwm_kb = max(self.root_hwm_kb, hwm)
         pids = process_tree(self.pid)
+        if self.root_exe is None:
+            self.root_exe = _exe(self.pid)
+        # A child between fork() and exec() is still a copy of its parent: its
+        # VmRSS counts the parent's (shared, copy-on-write) pages a second time.
+        counted = [self.pid] + [p for p in pids[1:] if _exe(p) != self.root_exe]
         now = time.monotonic() - self.started
         for pid in pids[1:]:
             try:
@@ -160,8 +192,9 @@ class _Sampler(threading.Thread):
                 continue
             span = self.seen.setdefault(name, [now, now])
             span[1] = now
-        total = sum(_status_kb(p, "VmRSS") for p in pids)
+        total = sum(_status_kb(p, "VmRSS") for p in counted)
         self.tree_peak_kb = max(self.tree_peak_kb, total)
+        self.tree_pss_peak_kb = max(self.tree_pss_peak_kb, sum(_pss_kb(p) for p in pids))
         self.peak_processes = max(self.peak_processes, len(pids))
         self.samples += 1
 
@@ -204,6 +237,7 @@ def run_measured(
         wall_seconds=wall,
         peak_rss_root_bytes=sampler.root_hwm_kb * 1024,
         peak_rss_tree_bytes=sampler.tree_peak_kb * 1024,
+        peak_pss_tree_bytes=sampler.tree_pss_peak_kb * 1024,
         peak_processes=sampler.peak_processes,
         write_bytes=io_after["write_bytes"] - io_before["write_bytes"],
         cancelled_write_bytes=io_after["cancelled_write_bytes"]

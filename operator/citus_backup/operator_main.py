@@ -106,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     from citus_backup.clients.kube import KubeCluster, api_client  # noqa: PLC0415
     from citus_backup.clients.postgres import PsycopgProbe  # noqa: PLC0415
     from citus_backup.controllers import register as register_handlers  # noqa: PLC0415
+    from citus_backup.controllers.retention import register as register_retention  # noqa: PLC0415
     from citus_backup.reconcile.common import Deps  # noqa: PLC0415
 
     deps = Deps(
@@ -117,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
     )
     registry = kopf.OperatorRegistry()
     register_handlers(registry, deps, schedule_interval=args.schedule_interval)
+    register_retention(registry, deps)  # lifecycle rules + catalogue (issue #5)
 
     @kopf.on.startup(registry=registry)
     def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:

@@ -191,6 +191,7 @@ KIND_INFO = KindInfo(
             '.status.conditions[?(@.type=="Restorable")].status',
             "string",
             "False once the backup's data expired from the bucket.",
+            1,  # -o wide: the default columns stay as they are
         ),
         AGE_COLUMN,
         PrinterColumn("Tiers", ".status.tiers", "string", "Tiers the backup is stored in.", 1),

@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 from citus_backup.api.common import ConditionType, Reason, make_condition, set_condition
 from citus_backup.api.policy import CitusBackupPolicy, LifecycleRuleSummary
+from citus_backup.errors import PermanentError
 from citus_backup.specs.lifecycle import (
     Rule,
     build_rules,
@@ -74,6 +75,9 @@ class SyncResult:
     modified: tuple[str, ...] = ()
     unexpected: tuple[str, ...] = ()
     summary: tuple[LifecycleRuleSummary, ...] = field(default=())
+    #: False when the store refused the abort-incomplete-multipart-uploads rule
+    #: (MinIO) and the rules were written without it; None when not tried.
+    abort_multipart_supported: bool | None = None
 
     def drift_message(self) -> str:
         parts = []
@@ -108,27 +112,53 @@ def _diff(
     return missing, modified, unexpected
 
 
+def _without_abort(rules: Sequence[Rule]) -> list[Rule]:
+    return [r for r in rules if "AbortIncompleteMultipartUpload" not in r]
+
+
 def sync_rules(
     store: RuleStore,
     policy: CitusBackupPolicy,
     namespace: str | None = None,
     *,
     last_synced: Sequence[LifecycleRuleSummary] | None = None,
+    abort_multipart: bool = True,
 ) -> SyncResult:
     """Make the bucket hold exactly ``policy``'s rules next to everyone else's.
 
     ``last_synced``: ``status.lifecycle.rules`` when the status said inSync
-    (used only to tell drift from a spec change).
+    (used only to tell drift from a spec change). ``abort_multipart=False``
+    leaves out the abort-incomplete-multipart-uploads rule: MinIO rejects that
+    action (it aborts stale uploads itself, after 24 h by default). When a
+    write including it is refused, the write is retried once without it and
+    the result says ``abort_multipart_supported=False`` (the caller remembers
+    it for the endpoint so that later passes compare without it).
     """
     ns = namespace or policy.namespace or ""
     prefix = owner_id_prefix(ns, policy.name)
     owned = build_rules(policy, ns)
-    summary = summarize(owned)
+    if not abort_multipart:
+        owned = _without_abort(owned)
     existing = store.get_rules()
     if rules_in_sync(existing, owned, prefix):
-        return SyncResult(tuple(owned), True, False, summary=summary)
+        return SyncResult(
+            tuple(owned), True, False, summary=summarize(owned), abort_multipart_supported=None
+        )
+    supported: bool | None = None
+    try:
+        store.put_rules(merge(existing, owned, prefix))
+    except PermanentError:
+        if len(_without_abort(owned)) == len(owned):
+            raise
+        owned = _without_abort(owned)
+        supported = False
+        if rules_in_sync(existing, owned, prefix):  # e.g. first pass after an operator restart
+            return SyncResult(
+                tuple(owned), True, False, summary=summarize(owned), abort_multipart_supported=False
+            )
+        store.put_rules(merge(existing, owned, prefix))
+    summary = summarize(owned)
     missing, modified, unexpected = _diff(existing, owned, prefix)
-    store.put_rules(merge(existing, owned, prefix))
     drift = last_synced is not None and tuple(last_synced) == summary
     return SyncResult(
         tuple(owned),
@@ -139,6 +169,7 @@ def sync_rules(
         modified=modified,
         unexpected=unexpected,
         summary=summary,
+        abort_multipart_supported=supported,
     )
 
 

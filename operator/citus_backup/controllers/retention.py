@@ -1,0 +1,557 @@
+"""kopf handlers for retention: a policy's bucket lifecycle rules and the backup catalogue.
+
+Why a controller of its own (next to the scheduler in
+:mod:`citus_backup.controllers`): lifecycle rules live outside Kubernetes, in
+a bucket shared with others, and must be (a) written when a policy appears
+or changes, (b) re-checked periodically because anyone with bucket access
+can edit them, and (c) removed when the policy goes — which needs a
+finalizer. This module touches only ``status.lifecycle`` and the
+``LifecycleInSync`` condition of policies (the scheduler owns the rest), the
+``Restorable`` condition of Succeeded CitusBackups, and creates imported
+CitusBackups.
+
+Handlers (registered by :func:`register` on the operator's registry):
+
+* on policy create / update (spec) / resume and every ``interval`` seconds
+  (default 60, ``$CITUS_BACKUP_LIFECYCLE_INTERVAL``): :meth:`RetentionController.sync`
+  — overlap check, finalizer, rules read-merge-write, status, Events;
+  the timer also runs :meth:`RetentionController.sync_catalogue`;
+* on policy deletion: :meth:`RetentionController.finalize` removes this
+  policy's rules (never anyone else's), deletes the data only when
+  ``spec.deleteDataOnPolicyDeletion`` is true, then drops our finalizer.
+
+Finalizer ``citusbackup.io/lifecycle-rules``: added by this controller just
+before it first writes rules for a policy (a refused, overlapping policy
+never gets one), removed by it on deletion. It is separate from kopf's own
+``citusbackup.io/operator`` so that nothing else ever has to know about it.
+If the policy's Secrets are already gone (a namespace being deleted), the
+client of the last pass, kept in memory, is used. If the bucket cannot be
+reached, the handler retries (``FINALIZE_RETRIES``) and then lets the policy
+go with a warning in the operator's log naming the rules left behind — a
+namespace being deleted must not hang forever (and refuses new Events).
+
+Concurrency: one lifecycle read-modify-write per bucket at a time in this
+process (S3 offers no precondition on the configuration); policy status
+patches carry the resourceVersion read, so a stale read never overwrites the
+scheduler's conditions (409 → re-read, up to ``CONFLICT_ATTEMPTS``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import kopf
+from kubernetes.client import ApiClient, CustomObjectsApi
+from kubernetes.client.exceptions import ApiException
+
+from citus_backup.api.backup import CitusBackup
+from citus_backup.api.common import GROUP, VERSION, ConditionType, Reason, find_condition
+from citus_backup.api.policy import CitusBackupPolicy
+from citus_backup.clients.kube import convert
+from citus_backup.clients.s3 import BucketClient, S3Location
+from citus_backup.errors import CitusBackupError, PermanentError, TransientError
+from citus_backup.reconcile import catalogue
+from citus_backup.reconcile.common import NORMAL, WARNING, Deps, parse, read_secret_value
+from citus_backup.reconcile.lifecycle import (
+    lifecycle_status,
+    overlap_message,
+    overlapping_policy,
+    remove_rules,
+    sync_rules,
+)
+from citus_backup.reconcile.ports import Kind
+from citus_backup.runner.manifest import Manifest
+from citus_backup.specs.lifecycle import policy_prefix
+
+logger = logging.getLogger(__name__)
+
+#: Our finalizer on policies (see module doc).
+FINALIZER = f"{GROUP}/lifecycle-rules"
+#: Seconds between two passes over a policy's rules and catalogue: drift and
+#: expired backups show up at most this late; one GET (+ a listing) per pass.
+DEFAULT_INTERVAL = 60.0
+INTERVAL_ENV = "CITUS_BACKUP_LIFECYCLE_INTERVAL"
+#: Attempts to reach the bucket when a policy is deleted before giving up (about
+#: FINALIZE_RETRIES x FINALIZE_DELAY seconds).
+FINALIZE_RETRIES = 10
+FINALIZE_DELAY = 15.0
+#: Event reasons.
+DRIFT_REPAIRED = "LifecycleDriftRepaired"
+RULES_UPDATED = "LifecycleRulesUpdated"
+RULES_REMOVED = "LifecycleRulesRemoved"
+RULES_NOT_REMOVED = "LifecycleRulesNotRemoved"
+DATA_DELETED = "BackupDataDeleted"
+BACKUP_IMPORTED = "BackupImported"
+
+#: Error reasons that are LifecycleInSync reasons as they are.
+_KNOWN_REASONS = {
+    Reason.SECRET_NOT_FOUND,
+    Reason.SECRET_KEY_MISSING,
+    Reason.BUCKET_NOT_FOUND,
+    Reason.INVALID_SPEC,
+}
+
+BucketFactory = Callable[[CitusBackupPolicy], BucketClient]
+
+
+class Finalizers:
+    """Add/remove one finalizer with JSON patches guarded by a ``test`` of the
+    resourceVersion, so a concurrent change of the list (kopf's own finalizer)
+    is never overwritten; a conflict is a TransientError (retried)."""
+
+    def __init__(self, api_client: ApiClient) -> None:
+        self._api = CustomObjectsApi(api_client)
+
+    def _patch(self, namespace: str, name: str, ops: list[dict[str, Any]]) -> None:
+        try:
+            self._api.patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                Kind.POLICY.value,
+                name,
+                ops,
+                _content_type="application/json-patch+json",
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return
+            if exc.status == 422:  # the test op failed: the list changed meanwhile
+                raise TransientError(
+                    f"finalizers of {namespace}/{name} changed meanwhile", delay=1.0
+                ) from None
+            raise convert(exc, f"patch finalizers of {namespace}/{name}") from None
+
+    @staticmethod
+    def _guard(meta: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """A ``test`` of resourceVersion: the patch applies only to the object we read."""
+        return [
+            {"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]}
+        ]
+
+    def add(self, body: Mapping[str, Any]) -> None:
+        meta = body.get("metadata", {})
+        current = list(meta.get("finalizers") or [])
+        if FINALIZER in current:
+            return
+        ops = self._guard(meta)
+        if current:
+            ops.append({"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER})
+        else:
+            ops.append({"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]})
+        self._patch(meta["namespace"], meta["name"], ops)
+
+    def remove(self, body: Mapping[str, Any]) -> None:
+        meta = body.get("metadata", {})
+        current = list(meta.get("finalizers") or [])
+        if FINALIZER not in current:
+            return
+        ops = self._guard(meta)
+        ops.append({"op": "remove", "path": f"/metadata/finalizers/{current.index(FINALIZER)}"})
+        self._patch(meta["namespace"], meta["name"], ops)
+
+
+class StatusConflict(Exception):
+    """The policy changed between our read and our status patch (HTTP 409)."""
+
+
+class PolicyStatusWriter:
+    """Status patches of policies guarded by the resourceVersion we read.
+
+    Why: a merge patch replaces the whole ``conditions`` list, and the scheduler
+    (:mod:`citus_backup.reconcile.policy`) writes it too. Sending the
+    resourceVersion makes the API server refuse (409) a patch computed from a
+    stale read, so we never put back an older version of *its* conditions;
+    :meth:`RetentionController.sync` then re-reads and recomputes.
+    """
+
+    def __init__(self, api_client: ApiClient) -> None:
+        self._api = CustomObjectsApi(api_client)
+
+    def __call__(
+        self, namespace: str, name: str, resource_version: str | None, status: dict[str, Any]
+    ) -> None:
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        try:
+            self._api.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, Kind.POLICY.value, name, body
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                raise StatusConflict(f"{namespace}/{name} changed meanwhile") from None
+            if exc.status == 404:
+                return
+            raise convert(exc, f"patch status of {Kind.POLICY.value} {namespace}/{name}") from None
+
+
+StatusWriter = Callable[[str, str, str | None, dict[str, Any]], None]
+#: Attempts of one pass when the policy keeps changing under us (each re-reads it).
+CONFLICT_ATTEMPTS = 3
+
+
+def bucket_factory(deps: Deps) -> BucketFactory:
+    """Clients built from a policy's storage spec and Secrets (values in memory only)."""
+
+    def build(policy: CitusBackupPolicy) -> BucketClient:
+        storage = policy.spec.storage
+        namespace = policy.namespace or ""
+        if storage.ca is not None:
+            # The CA bundle would have to be written to a file for urllib3; not supported yet.
+            raise PermanentError(
+                "storage.ca is not supported by the operator's lifecycle management yet",
+                reason=Reason.INVALID_SPEC,
+            )
+        return BucketClient(
+            S3Location(
+                endpoint=storage.endpoint,
+                bucket=storage.bucket,
+                secure=storage.secure,
+                region=storage.region,
+                insecure_skip_verify=storage.insecure_skip_verify,
+            ),
+            read_secret_value(deps.cluster, namespace, storage.access_key_id_secret_ref),
+            read_secret_value(deps.cluster, namespace, storage.secret_access_key_secret_ref),
+        )
+
+    return build
+
+
+class RetentionController:
+    """The retention reconciler; plain Python over ``deps``, a bucket factory and finalizers."""
+
+    def __init__(
+        self,
+        deps: Deps,
+        buckets: BucketFactory,
+        finalizers: Finalizers | None = None,
+        status_writer: StatusWriter | None = None,
+    ) -> None:
+        self.deps = deps
+        self.buckets = buckets
+        self.finalizers = finalizers
+        self.status_writer = status_writer
+        #: Endpoints (host:port) that refused the abort-incomplete-multipart-uploads
+        #: rule (MinIO): later passes leave it out instead of failing every time.
+        self.no_abort_multipart: set[str] = set()
+        #: policy uid -> the client of its last pass, for the finalizer (see
+        #: _bucket_for_deletion); credentials stay in this process's memory only.
+        self._clients: dict[str, BucketClient] = {}
+
+    # ------------------------------------------------------------------ helpers
+
+    def _policies(self, namespace: str) -> list[CitusBackupPolicy]:
+        result = []
+        for item in self.deps.cluster.list(Kind.POLICY, namespace):
+            with contextlib.suppress(CitusBackupError):
+                result.append(parse(CitusBackupPolicy, item))
+        return result
+
+    def _patch(self, policy: CitusBackupPolicy, status: dict[str, Any]) -> None:
+        namespace = policy.namespace or ""
+        if self.status_writer is None:  # tests with in-memory fakes
+            self.deps.cluster.patch_status(Kind.POLICY, namespace, policy.name, status)
+        else:
+            self.status_writer(namespace, policy.name, policy.metadata.resource_version, status)
+
+    def _fail(
+        self, policy: CitusBackupPolicy, body: Mapping[str, Any], err: CitusBackupError
+    ) -> None:
+        if isinstance(err, TransientError):
+            reason = Reason.STORAGE_UNREACHABLE
+        elif err.reason in _KNOWN_REASONS:
+            reason = Reason(err.reason)
+        else:
+            reason = Reason.LIFECYCLE_UPDATE_FAILED
+        old = find_condition(policy.status.conditions, ConditionType.LIFECYCLE_IN_SYNC)
+        summary = policy.status.lifecycle.rules if policy.status.lifecycle else ()
+        self._patch(
+            policy,
+            lifecycle_status(
+                policy,
+                in_sync=False,
+                summary=summary,
+                reason=reason,
+                message=err.message,
+                now=self.deps.clock(),
+            ),
+        )
+        if old is None or old.reason != str(reason):  # one Event per change, not a storm
+            self.deps.events.emit(body, WARNING, str(reason), err.message)
+
+    # ------------------------------------------------------------------ rules
+
+    def sync(self, name: str, namespace: str) -> None:
+        """One pass over the policy's lifecycle rules (idempotent)."""
+        with self.deps.locked("CitusBackupPolicy/lifecycle", namespace, name):
+            for _ in range(CONFLICT_ATTEMPTS):
+                try:
+                    self._sync(name, namespace)
+                    return
+                except StatusConflict:
+                    continue
+            raise TransientError(
+                f"policy {namespace}/{name} kept changing; lifecycle status not written",
+                reason="Conflict",
+                delay=1.0,
+            )
+
+    def _sync(self, name: str, namespace: str) -> None:
+        body = self.deps.cluster.get(Kind.POLICY, namespace, name)
+        if body is None or body.get("metadata", {}).get("deletionTimestamp"):
+            return
+        try:
+            policy = parse(CitusBackupPolicy, body)
+        except PermanentError as err:
+            logger.warning("policy %s/%s: %s", namespace, name, err.message)
+            return
+        other = overlapping_policy(policy, self._policies(namespace))
+        if other is not None:
+            message = overlap_message(policy, other)
+            old = find_condition(policy.status.conditions, ConditionType.LIFECYCLE_IN_SYNC)
+            self._patch(
+                policy,
+                lifecycle_status(
+                    policy,
+                    in_sync=False,
+                    summary=(),
+                    reason=Reason.PREFIX_OVERLAP,
+                    message=message,
+                    now=self.deps.clock(),
+                ),
+            )
+            if old is None or old.reason != str(Reason.PREFIX_OVERLAP):
+                self.deps.events.emit(body, WARNING, str(Reason.PREFIX_OVERLAP), message)
+            return
+        lifecycle = policy.status.lifecycle
+        last = lifecycle.rules if lifecycle is not None and lifecycle.in_sync else None
+        try:
+            store = self.buckets(policy)
+            self._clients[policy.metadata.uid or ""] = store
+            if self.finalizers is not None:
+                self.finalizers.add(body)
+            endpoint = policy.spec.storage.endpoint.lower()
+            with self._bucket_lock(policy):
+                result = sync_rules(
+                    store,
+                    policy,
+                    namespace,
+                    last_synced=last,
+                    abort_multipart=endpoint not in self.no_abort_multipart,
+                )
+            if result.abort_multipart_supported is False:
+                self.no_abort_multipart.add(endpoint)
+        except CitusBackupError as err:
+            self._fail(policy, body, err)
+            return
+        where = f"s3://{policy.spec.storage.bucket}/{policy_prefix(policy.spec.storage.prefix)}"
+        message = f"{len(result.owned)} lifecycle rule(s) for {where} in place"
+        if endpoint in self.no_abort_multipart:
+            message += (
+                "; the endpoint refuses AbortIncompleteMultipartUpload rules (MinIO "
+                "aborts stale multipart uploads itself, after 24 h by default)"
+            )
+        # Events first: a status conflict retries the pass, which then finds the bucket in sync.
+        if result.drift_repaired:
+            self.deps.events.emit(body, WARNING, DRIFT_REPAIRED, result.drift_message())
+        elif result.written:
+            self.deps.events.emit(body, NORMAL, RULES_UPDATED, message)
+        self._patch(
+            policy,
+            lifecycle_status(
+                policy,
+                in_sync=True,
+                summary=result.summary,
+                reason=Reason.LIFECYCLE_IN_SYNC,
+                message=message,
+                now=self.deps.clock(),
+            ),
+        )
+
+    def _bucket_lock(self, policy: CitusBackupPolicy) -> contextlib.AbstractContextManager[None]:
+        """One read-modify-write of a bucket's lifecycle configuration at a time in this
+        process: S3 has no precondition on it, so two policies of one bucket writing at
+        once would drop each other's rules (until the next pass)."""
+        storage = policy.spec.storage
+        return self.deps.locked("bucket-lifecycle", storage.endpoint.lower(), storage.bucket)
+
+    def _bucket_for_deletion(self, policy: CitusBackupPolicy) -> BucketClient:
+        """A client from the Secrets, else the one of the last pass (kept in memory).
+
+        Deleting a namespace deletes its Secrets and policies together: the
+        credentials may be gone by the time the finalizer runs.
+        """
+        try:
+            return self.buckets(policy)
+        except PermanentError as err:
+            cached = self._clients.get(policy.metadata.uid or "")
+            if cached is None or err.reason not in _KNOWN_REASONS:
+                raise
+            return cached
+
+    def finalize(self, body: Mapping[str, Any], retry: int = 0) -> None:
+        """Remove the policy's rules (and data if asked); then release our finalizer.
+
+        Outcomes are logged, not posted as Events: a namespace being deleted
+        refuses new Events, and that is the common way policies go.
+        """
+        meta = body.get("metadata", {})
+        if FINALIZER not in (meta.get("finalizers") or []):
+            return
+        namespace, name = meta.get("namespace", ""), meta.get("name", "")
+        try:
+            policy = parse(CitusBackupPolicy, body)
+            store = self._bucket_for_deletion(policy)
+            with self._bucket_lock(policy):
+                removed = remove_rules(store, namespace, name)
+            if removed:
+                logger.info("%s %s/%s: lifecycle rules removed", RULES_REMOVED, namespace, name)
+            if policy.spec.delete_data_on_policy_deletion:
+                prefix = policy_prefix(policy.spec.storage.prefix)
+                count = store.remove_prefix(prefix)
+                logger.info(
+                    "%s %s/%s: deleteDataOnPolicyDeletion: %d object(s) under s3://%s/%s deleted",
+                    DATA_DELETED,
+                    namespace,
+                    name,
+                    count,
+                    policy.spec.storage.bucket,
+                    prefix,
+                )
+        except CitusBackupError as err:
+            if isinstance(err, TransientError) and retry < FINALIZE_RETRIES:
+                raise kopf.TemporaryError(err.message, delay=FINALIZE_DELAY) from None
+            logger.warning(
+                "%s %s/%s: policy deleted but its lifecycle rules (IDs citusbackup.%s.%s.*) "
+                "could not be removed: %s",
+                RULES_NOT_REMOVED,
+                namespace,
+                name,
+                namespace,
+                name,
+                err.message,
+            )
+        self._clients.pop(meta.get("uid") or "", None)
+        if self.finalizers is not None:
+            fresh = self.deps.cluster.get(Kind.POLICY, namespace, name)  # current resourceVersion
+            if fresh is not None:
+                self.finalizers.remove(fresh)
+
+    # ------------------------------------------------------------------ catalogue
+
+    def sync_catalogue(self, name: str, namespace: str) -> None:
+        """Mark expired CitusBackups, import unknown complete sets (see :mod:`.catalogue`)."""
+        body = self.deps.cluster.get(Kind.POLICY, namespace, name)
+        if body is None or body.get("metadata", {}).get("deletionTimestamp"):
+            return
+        try:
+            policy = parse(CitusBackupPolicy, body)
+            if overlapping_policy(policy, self._policies(namespace)) is not None:
+                return  # whose sets are they? not ours to judge
+            store = self.buckets(policy)
+            keys = list(store.list_keys(policy_prefix(policy.spec.storage.prefix)))
+        except CitusBackupError as err:
+            logger.info("catalogue of %s/%s skipped: %s", namespace, name, err.message)
+            return
+        backups = []
+        for item in self.deps.cluster.list(Kind.BACKUP, namespace):
+            if item.get("spec", {}).get("policyName") != name:
+                continue
+            with contextlib.suppress(CitusBackupError):
+                backups.append(parse(CitusBackup, item))
+        now = self.deps.clock()
+        todo = catalogue.plan(
+            policy, backups, catalogue.scan(keys, policy.spec.storage.prefix), now=now
+        )
+        by_name = {b.name: b for b in backups}
+        for backup_name, patch in todo.status_patches:
+            self.deps.cluster.patch_status(Kind.BACKUP, namespace, backup_name, patch)
+            if backup_name in todo.expired:
+                self.deps.events.emit(
+                    by_name[backup_name].model_dump(mode="json", by_alias=True),
+                    WARNING,
+                    str(Reason.DATA_EXPIRED),
+                    patch["conditions"][-1]["message"],
+                )
+        for entry in todo.imports:
+            self._import(policy, store, entry)
+
+    def _import(
+        self, policy: CitusBackupPolicy, store: BucketClient, entry: catalogue.BucketSet
+    ) -> None:
+        namespace = policy.namespace or ""
+        manifest: Manifest | None = None
+        prefix = policy.spec.storage.prefix.strip("/")
+        key = f"{prefix}/{entry.complete_tiers[0]}/{entry.backup_id}/manifest.json"
+        with contextlib.suppress(CitusBackupError, ValueError):
+            manifest = Manifest.from_json(store.read(key))
+        body = catalogue.import_body(policy, entry)
+        name = body["metadata"]["name"]
+        # The backup controller's lock: its timer cannot look at the new object (and start a
+        # Job for an empty status) before the status says Succeeded.
+        with self.deps.locked("CitusBackup", namespace, name):
+            if not self.deps.cluster.create(Kind.BACKUP, namespace, body):
+                return  # exists (a previous pass, or a name clash): leave it alone
+            status = catalogue.import_status(policy, entry, manifest, now=self.deps.clock())
+            self.deps.cluster.patch_status(Kind.BACKUP, namespace, name, status)
+        self.deps.events.emit(body, NORMAL, BACKUP_IMPORTED, status["message"])
+
+
+def interval_from_env() -> float:
+    value = os.environ.get(INTERVAL_ENV)
+    try:
+        return float(value) if value else DEFAULT_INTERVAL
+    except ValueError:
+        return DEFAULT_INTERVAL
+
+
+def register(
+    registry: kopf.OperatorRegistry,
+    deps: Deps,
+    *,
+    interval: float | None = None,
+    controller: RetentionController | None = None,
+) -> RetentionController:
+    """Register the retention handlers on ``registry``; returns the controller."""
+    if controller is None:
+        from citus_backup.clients.kube import api_client  # noqa: PLC0415
+
+        client = api_client()
+        controller = RetentionController(
+            deps, bucket_factory(deps), Finalizers(client), PolicyStatusWriter(client)
+        )
+    every = interval or interval_from_env()
+    ctl = controller
+    plural = Kind.POLICY.value
+
+    def transient(call: Callable[[], None]) -> None:
+        try:
+            call()
+        except TransientError as err:
+            raise kopf.TemporaryError(err.message, delay=err.delay) from None
+
+    @kopf.on.resume(GROUP, VERSION, plural, registry=registry, id="lifecycle-resume")
+    @kopf.on.create(GROUP, VERSION, plural, registry=registry, id="lifecycle-create")
+    @kopf.on.update(GROUP, VERSION, plural, registry=registry, id="lifecycle-update", field="spec")
+    def lifecycle_changed(name: str, namespace: str | None, **_: Any) -> None:
+        transient(lambda: ctl.sync(name, namespace or ""))
+
+    @kopf.timer(
+        GROUP, VERSION, plural, interval=every, backoff=every, registry=registry, id="lifecycle"
+    )
+    def lifecycle_tick(name: str, namespace: str | None, **_: Any) -> None:
+        transient(lambda: ctl.sync(name, namespace or ""))
+        transient(lambda: ctl.sync_catalogue(name, namespace or ""))
+
+    # optional: kopf adds no finalizer for this handler; ours keeps the object until it ran.
+    @kopf.on.delete(GROUP, VERSION, plural, registry=registry, id="lifecycle-delete", optional=True)
+    def lifecycle_deleted(body: kopf.Body, retry: int, **_: Any) -> None:
+        transient(lambda: ctl.finalize(dict(body), retry))
+
+    del lifecycle_changed, lifecycle_tick, lifecycle_deleted
+    return ctl
