@@ -34,6 +34,7 @@ import kopf
 from citus_backup.api.common import GROUP, VERSION
 from citus_backup.errors import TransientError
 from citus_backup.reconcile.backup import BackupReconciler
+from citus_backup.reconcile.catalogue import LABEL_IMPORTED
 from citus_backup.reconcile.common import Deps
 from citus_backup.reconcile.policy import PolicyReconciler
 from citus_backup.reconcile.ports import Kind
@@ -85,7 +86,15 @@ def register(
         with _retry_transient():
             policies.reconcile(name, namespace)
 
-    @timer(Kind.BACKUP.value, poll, id="backup", when=unfinished)
+    # Imported catalogue entries (reconcile.catalogue) never get a Job, even
+    # in the instant between their creation and their Succeeded status.
+    @timer(
+        Kind.BACKUP.value,
+        poll,
+        id="backup",
+        when=unfinished,
+        labels={LABEL_IMPORTED: kopf.ABSENT},
+    )
     def backup_tick(name: str, namespace: str, **_: Any) -> None:
         with _retry_transient():
             backups.reconcile(name, namespace)
