@@ -22,9 +22,11 @@ How each number is obtained (also in docs/benchmarks.md):
   be sent to the storage layer, i.e. page-cache pages it dirtied) per task;
   when a child is reaped its totals, including those of its own reaped
   children, are added to the parent's (``wait_task_zombie``). The measured
-  command is the only child of this process and this process writes nothing
-  to disk while it runs (output goes to pipes held in memory), so the delta
-  of ``/proc/self/io`` over the run is the sum for the command's whole tree.
+  command is the only child of this process that exits while it runs (the
+  servers, also children, keep their counts to themselves until they are
+  stopped at the end), and this process writes nothing to disk meanwhile
+  (output goes to pipes held in memory), so the delta of ``/proc/self/io``
+  over the run is the sum for the command's whole tree.
   ``cancelled_write_bytes`` (dirty page-cache data discarded before reaching
   disk, e.g. a file deleted right after writing) is reported separately.
   Caveat: on a ``relatime`` mount, *reading* a file modified since it was
@@ -33,7 +35,9 @@ How each number is obtained (also in docs/benchmarks.md):
   (``--help``, unmeasured) before each measured run, so source files that
   someone just edited do not show up as "disk writes".
 * **CPU**: user and system seconds of the reaped tree (``getrusage`` of
-  children, delta over the run).
+  children, delta over the run), and of the root process alone (sampled);
+  :class:`CpuSnapshot` splits the machine's CPU time over a step into the
+  command, the servers and everyone else.
 """
 
 from __future__ import annotations

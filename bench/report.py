@@ -1,6 +1,7 @@
 """One Markdown row per benchmark run in ``bench/results/``: medians and target ratios.
 
     .venv/bin/python bench/report.py [RESULT.json ...]
+    .venv/bin/python bench/report.py --pool RESULT.json ...   # quiet runs pooled
 
 Shows how stable the results are across runs (and across runner versions:
 the ``runner sources`` column is a hash of the runner's code that was measured).
@@ -60,7 +61,32 @@ def row(path: Path) -> str | None:
     )
 
 
+def pooled(paths: list[Path]) -> None:
+    """Medians over the quiet runs of all given result files, per method."""
+    walls: dict[str, list[float]] = {}
+    for path in paths:
+        data = json.loads(path.read_text())
+        cores = data.get("machine", {}).get("nproc") or 1
+        for step in data["steps"]:
+            wall = step["wall_seconds"]
+            if step.get("foreignCpuSeconds", 0.0) < max(0.2, 0.05 * cores * wall):
+                walls.setdefault(step["method"], []).append(wall)
+    print("| method | quiet runs | median wall s | runs |")
+    print("|---|---|---|---|")
+    for method, values in walls.items():
+        shown = ", ".join(f"{v:.2f}" for v in sorted(values))
+        print(f"| {method} | {len(values)} | {statistics.median(values):.2f} | {shown} |")
+    median = {m: statistics.median(v) for m, v in walls.items()}
+    for other in ("seed", "limit"):
+        if "runner" in median and other in median:
+            print(f"\nrunner / {other}: {median['runner'] / median[other]:.2f}x", end="")
+    print()
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--pool"]:
+        pooled([Path(a) for a in argv[1:]])
+        return 0
     paths = [Path(a) for a in argv] or sorted(RESULTS.glob("*.json"))
     print(
         "| run | runner sources | seed s | runner s | limit s | runner/seed (quiet runs) "

@@ -348,3 +348,17 @@ class Objects:
 
     def has_event(self, name: str, reason: str) -> list[tuple[str, str, str]]:
         return [e for e in self.events(name) if e[1] == reason]
+
+
+def rbac_denials(log: str) -> list[str]:
+    """Log lines where the API server denied the operator a request by RBAC.
+
+    A 403 because a namespace is being deleted (``NamespaceTerminating``: an
+    Event posted while a test's namespace goes away) is not a missing
+    permission and is left out.
+    """
+    return [
+        line
+        for line in log.splitlines()
+        if "Forbidden" in line and "NamespaceTerminating" not in line
+    ]

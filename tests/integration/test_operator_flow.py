@@ -25,6 +25,7 @@ from operator_support import (
     make_fixture,
     make_secrets,
     policy_body,
+    rbac_denials,
 )
 
 from citus_backup.specs.names import backup_job_name, restore_job_name, scheduled_backup_name
@@ -67,7 +68,7 @@ def assert_clean(operator: OperatorProcess, data: Fixture, ns: Objects) -> None:
     """No RBAC denial in the operator's log; no password or secret key in it, any status
     or any Event."""
     log = operator.log()
-    assert "Forbidden" not in log, "the operator lacks a permission: see operator.log"
+    assert not rbac_denials(log), "the operator lacks a permission: see operator.log"
     secrets = (data.postgres.password, data.minio.secret_key)
     texts = [log]
     for kind in ("CitusBackupPolicy", "CitusBackup", "CitusRestore"):

@@ -27,6 +27,7 @@ from operator_support import (
     make_fixture,
     make_secrets,
     policy_body,
+    rbac_denials,
 )
 
 from citus_backup.controllers.retention import FINALIZER
@@ -205,5 +206,5 @@ def test_policy_rules_drift_overlap_catalogue_and_deletion(
         f"{old_set}/started.json"
     ]
     log = operator.log()
-    assert "Forbidden" not in log
+    assert not rbac_denials(log)
     assert data.minio.secret_key not in log
