@@ -358,14 +358,17 @@ class _Backup:
                 budget=threading.BoundedSemaphore(2 * jobs + 1),
             )
             try:
-                if options.globals:
-                    globals_info = self.dump_globals(uploader, location)
+                # The databases first: they are the long pole. The small globals
+                # dump runs meanwhile on this thread (it takes the budget's spare
+                # buffer), instead of delaying the first pg_dump.
                 futures: dict[Future[DatabaseEntry], str] = {
                     dump_pool.submit(
                         self.dump_database, uploader, location, name, props[name]
                     ): name
                     for name in names
                 }
+                if options.globals:
+                    globals_info = self.dump_globals(uploader, location)
                 self._wait(futures)
                 for future, name in futures.items():
                     entries[name] = future.result()
