@@ -95,10 +95,19 @@ class FakeCluster:
         return True
 
     def patch_status(
-        self, kind: Kind, namespace: str, name: str, status: Mapping[str, Any]
+        self,
+        kind: Kind,
+        namespace: str,
+        name: str,
+        status: Mapping[str, Any],
+        *,
+        resource_version: str | None = None,
     ) -> None:
         self._maybe_fail()
         obj = self.objects[(kind, namespace, name)]
+        current = obj.get("metadata", {}).get("resourceVersion")
+        if resource_version and current and resource_version != current:
+            raise TransientError("changed meanwhile", reason="Conflict", delay=1.0)
         # What the API server does: JSON round trip (datetimes must already be strings).
         merge(obj.setdefault("status", {}), json.loads(json.dumps(dict(status))))
         self.status_patches += 1

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from reconcile_fakes import SECRET_KEY, T0, World, backup, policy, world
 
+from citus_backup.errors import TransientError
 from citus_backup.reconcile.policy import PolicyReconciler
 from citus_backup.reconcile.ports import Kind
 
@@ -251,3 +252,20 @@ def test_backup_results_feed_the_policy_status(w: World) -> None:
     assert (last["status"], last["reason"]) == ("False", "BackupFailed")
     assert SECRET_KEY not in str(status)
     assert T0.tzinfo is UTC
+
+
+def test_a_status_computed_from_a_stale_read_is_refused_and_retried(
+    w: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another controller (retention) wrote the policy between our read and our patch:
+    the patch carries the resourceVersion we read, so it cannot put back old conditions."""
+    w.cluster.add(Kind.POLICY, policy())
+    w.cluster.obj(Kind.POLICY, "main")["metadata"]["resourceVersion"] = "2"
+    stale = w.cluster.get(Kind.POLICY, "ns", "main")
+    assert stale is not None
+    stale["metadata"]["resourceVersion"] = "1"
+    monkeypatch.setattr(w.cluster, "get", lambda kind, namespace, name: stale)
+    with pytest.raises(TransientError) as err:
+        tick(w)
+    assert err.value.reason == "Conflict"
+    assert "conditions" not in w.cluster.status(Kind.POLICY, "main")

@@ -37,6 +37,9 @@ T = TypeVar("T")
 
 #: Seconds to wait before retrying after 429/5xx when the server gives no Retry-After.
 DEFAULT_RETRY_DELAY = 5.0
+# Seconds before re-reading an object whose status patch lost a race (409):
+# short, the conflict is usually another controller's write just done.
+CONFLICT_RETRY_DELAY = 1.0
 #: Label the Job controller puts on a Job's pods.
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 #: Seconds a single API request may take.
@@ -148,13 +151,30 @@ class KubeCluster:
         return True
 
     def patch_status(
-        self, kind: Kind, namespace: str, name: str, status: Mapping[str, Any]
+        self,
+        kind: Kind,
+        namespace: str,
+        name: str,
+        status: Mapping[str, Any],
+        *,
+        resource_version: str | None = None,
     ) -> None:
-        with _errors(f"patch status of {kind.value} {namespace}/{name}"):
-            self._custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, kind.value, name, {"status": dict(status)},
-                _request_timeout=REQUEST_TIMEOUT,
-            )  # fmt: skip
+        body: dict[str, Any] = {"status": dict(status)}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        what = f"patch status of {kind.value} {namespace}/{name}"
+        try:
+            with _errors(what):
+                self._custom.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, namespace, kind.value, name, body,
+                    _request_timeout=REQUEST_TIMEOUT,
+                )  # fmt: skip
+        except AlreadyExistsError as err:  # 409 on a patch: changed since our read
+            raise TransientError(
+                f"{what}: changed meanwhile, will re-read",
+                reason="Conflict",
+                delay=CONFLICT_RETRY_DELAY,
+            ) from err
 
     # ----------------------------------------------------------------- secrets, config maps
 

@@ -172,7 +172,13 @@ def refresh_backup_summary(deps: Deps, policy: CitusBackupPolicy) -> None:
     )
     fields["conditions"] = [c.to_dict() for c in conditions]
     if changes(policy.status.to_dict(), fields):
-        deps.cluster.patch_status(Kind.POLICY, policy.namespace or "", policy.name, fields)
+        deps.cluster.patch_status(
+            Kind.POLICY,
+            policy.namespace or "",
+            policy.name,
+            fields,
+            resource_version=policy.metadata.resource_version,
+        )
 
 
 def scheduled_backup_body(policy: CitusBackupPolicy, run: datetime) -> dict[str, Any]:
@@ -240,7 +246,11 @@ class PolicyReconciler:
             "nextScheduleTime": None,
         }
         self.deps.cluster.patch_status(
-            Kind.POLICY, meta.get("namespace", ""), meta.get("name", ""), status
+            Kind.POLICY,
+            meta.get("namespace", ""),
+            meta.get("name", ""),
+            status,
+            resource_version=meta.get("resourceVersion"),
         )
         self.deps.events.emit(body, WARNING, str(Reason.INVALID_SPEC), err.message)
 
@@ -290,7 +300,13 @@ class PolicyReconciler:
         fields.update(summary)
         fields["conditions"] = [c.to_dict() for c in conditions]
         if changes(status.to_dict(), fields):
-            deps.cluster.patch_status(Kind.POLICY, namespace, policy.name, fields)
+            deps.cluster.patch_status(
+                Kind.POLICY,
+                namespace,
+                policy.name,
+                fields,
+                resource_version=policy.metadata.resource_version,
+            )
 
     def _readiness(self, policy: CitusBackupPolicy, now: datetime) -> tuple[Reason, str, bool]:
         old = find_condition(policy.status.conditions, ConditionType.READY)

@@ -65,9 +65,22 @@ class Cluster(Protocol):
         """Create; ``False`` if an object of that name already exists."""
 
     def patch_status(
-        self, kind: Kind, namespace: str, name: str, status: Mapping[str, Any]
+        self,
+        kind: Kind,
+        namespace: str,
+        name: str,
+        status: Mapping[str, Any],
+        *,
+        resource_version: str | None = None,
     ) -> None:
-        """JSON merge patch of the status subresource (``None`` values delete fields)."""
+        """JSON merge patch of the status subresource (``None`` values delete fields).
+
+        With ``resource_version`` the patch applies only to that version of the
+        object; otherwise a :class:`~citus_backup.errors.TransientError` (reason
+        ``Conflict``) is raised. A merge patch replaces whole lists such as
+        ``conditions``, which several controllers write: a patch computed from a
+        stale read must not put back old conditions.
+        """
 
     def secret_data(self, namespace: str, name: str) -> Mapping[str, bytes] | None:
         """The decoded data of a Secret (kept in memory only), or ``None`` if absent."""
