@@ -56,9 +56,11 @@ test-unit: venv ## Unit tier: pure logic, no services (seconds)
 test-integration: venv ## Integration tier: real PostgreSQL, MinIO, etcd, kube-apiserver, controller-manager
 	$(PYTEST) tests/integration -q
 
-# pytest exits 5 when a folder holds no tests yet; that is not a failure here.
+# The e2e tier needs a real kubelet (issue #6); until it has tests, say so
+# rather than letting pytest close the run on "no tests ran".
 test-e2e: venv ## End-to-end tier
-	$(PYTEST) tests/e2e -q || { rc=$$?; [ $$rc -eq 5 ] && echo "e2e: no tests collected"; [ $$rc -eq 5 ]; }
+	@if ls tests/e2e/test_*.py >/dev/null 2>&1; then $(PYTEST) tests/e2e -q; \
+	else echo "e2e tier: no tests yet (needs a real kubelet, issue #6)"; fi
 
 demo: deps ## Bring up the local environment and run the seed's story end to end
 	hack/demo.sh

@@ -159,38 +159,6 @@ class StatusConflict(Exception):
     """The policy changed between our read and our status patch (HTTP 409)."""
 
 
-class PolicyStatusWriter:
-    """Status patches of policies guarded by the resourceVersion we read.
-
-    Why: a merge patch replaces the whole ``conditions`` list, and the scheduler
-    (:mod:`citus_backup.reconcile.policy`) writes it too. Sending the
-    resourceVersion makes the API server refuse (409) a patch computed from a
-    stale read, so we never put back an older version of *its* conditions;
-    :meth:`RetentionController.sync` then re-reads and recomputes.
-    """
-
-    def __init__(self, api_client: ApiClient) -> None:
-        self._api = CustomObjectsApi(api_client)
-
-    def __call__(
-        self, namespace: str, name: str, resource_version: str | None, status: dict[str, Any]
-    ) -> None:
-        body: dict[str, Any] = {"status": status}
-        if resource_version:
-            body["metadata"] = {"resourceVersion": resource_version}
-        try:
-            self._api.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, Kind.POLICY.value, name, body
-            )
-        except ApiException as exc:
-            if exc.status == 409:
-                raise StatusConflict(f"{namespace}/{name} changed meanwhile") from None
-            if exc.status == 404:
-                return
-            raise convert(exc, f"patch status of {Kind.POLICY.value} {namespace}/{name}") from None
-
-
-StatusWriter = Callable[[str, str, str | None, dict[str, Any]], None]
 #: Attempts of one pass when the policy keeps changing under us (each re-reads it).
 CONFLICT_ATTEMPTS = 3
 
@@ -230,12 +198,10 @@ class RetentionController:
         deps: Deps,
         buckets: BucketFactory,
         finalizers: Finalizers | None = None,
-        status_writer: StatusWriter | None = None,
     ) -> None:
         self.deps = deps
         self.buckets = buckets
         self.finalizers = finalizers
-        self.status_writer = status_writer
         #: Endpoints (host:port) that refused the abort-incomplete-multipart-uploads
         #: rule (MinIO): later passes leave it out instead of failing every time.
         self.no_abort_multipart: set[str] = set()
@@ -253,11 +219,24 @@ class RetentionController:
         return result
 
     def _patch(self, policy: CitusBackupPolicy, status: dict[str, Any]) -> None:
-        namespace = policy.namespace or ""
-        if self.status_writer is None:  # tests with in-memory fakes
-            self.deps.cluster.patch_status(Kind.POLICY, namespace, policy.name, status)
-        else:
-            self.status_writer(namespace, policy.name, policy.metadata.resource_version, status)
+        """Patch guarded by the resourceVersion we read: a merge patch replaces the
+        whole ``conditions`` list, which the scheduler writes too, so a patch
+        computed from a stale read is refused (then :meth:`sync` re-reads)."""
+        try:
+            self.deps.cluster.patch_status(
+                Kind.POLICY,
+                policy.namespace or "",
+                policy.name,
+                status,
+                resource_version=policy.metadata.resource_version,
+            )
+        except TransientError as err:
+            if err.reason != "Conflict":
+                raise
+            raise StatusConflict(str(err)) from err
+        except PermanentError as err:
+            if err.reason != "NotFound":  # deleted meanwhile: nothing to report on
+                raise
 
     def _fail(
         self, policy: CitusBackupPolicy, body: Mapping[str, Any], err: CitusBackupError
@@ -522,9 +501,7 @@ def register(
         from citus_backup.clients.kube import api_client  # noqa: PLC0415
 
         client = api_client()
-        controller = RetentionController(
-            deps, bucket_factory(deps), Finalizers(client), PolicyStatusWriter(client)
-        )
+        controller = RetentionController(deps, bucket_factory(deps), Finalizers(client))
     every = interval or interval_from_env()
     ctl = controller
     plural = Kind.POLICY.value
