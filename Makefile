@@ -48,7 +48,7 @@ crds: venv ## Regenerate crds/ from the models
 	$(VENV)/bin/citus-backup crds --output manifests/crds
 
 test: deps lint ## Everything: install, lint, then the unit, integration and e2e tiers
-	$(MAKE) --no-print-directory test-unit test-integration test-e2e
+	$(MAKE) --no-print-directory test-unit test-e2e test-integration
 
 test-unit: venv ## Unit tier: pure logic, no services (seconds)
 	$(PYTEST) tests/unit -q
