@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Annotated, Final, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AwareDatetime, ConfigDict, Field, field_validator, model_validator
 
 from citus_backup.api.common import (
     AGE_COLUMN,
@@ -27,6 +27,7 @@ from citus_backup.api.common import (
     ObjectMeta,
     Phase,
     PrinterColumn,
+    Resource,
     StatusModel,
     cel,
     check_unique,
@@ -133,26 +134,14 @@ class CitusBackupStatus(StatusModel):
     )
 
 
-class CitusBackup(BaseModel):
+class CitusBackup(Resource):
     """A CitusBackup resource (apiVersion, kind, metadata, spec, status)."""
-
-    model_config = ConfigDict(
-        frozen=True, populate_by_name=True, serialize_by_alias=True, extra="ignore"
-    )
 
     api_version: Literal["citusbackup.io/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
     kind: Literal["CitusBackup"] = KIND
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: CitusBackupSpec
     status: CitusBackupStatus = Field(default_factory=CitusBackupStatus)
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name
-
-    @property
-    def namespace(self) -> str | None:
-        return self.metadata.namespace
 
 
 _BINARY_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -426,6 +426,29 @@ class ObjectMeta(ApiModel):
     annotations: dict[str, str] = Field(default_factory=dict, description="Annotations.")
     creation_timestamp: AwareDatetime | None = Field(None, description="Creation time.")
     deletion_timestamp: AwareDatetime | None = Field(None, description="Deletion time.")
+
+
+class Resource(BaseModel):
+    """What the three kinds share: model settings and ``name``/``namespace``.
+
+    The fields (apiVersion, kind, metadata, spec, status) stay on each kind, in
+    that order, so the generated CRD schemas keep Kubernetes' usual order.
+    """
+
+    model_config = ConfigDict(
+        frozen=True, populate_by_name=True, serialize_by_alias=True, extra="ignore"
+    )
+
+    if TYPE_CHECKING:
+        metadata: ObjectMeta
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def namespace(self) -> str | None:
+        return self.metadata.namespace
 
 
 # --------------------------------------------------------------------------- CRD metadata

@@ -29,7 +29,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Final, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AwareDatetime, ConfigDict, Field, field_validator, model_validator
 from pydantic.config import JsonDict
 
 from citus_backup.api.common import (
@@ -48,6 +48,7 @@ from citus_backup.api.common import (
     Port,
     PrinterColumn,
     Quantity,
+    Resource,
     SecretKeyRef,
     StatusModel,
     cel,
@@ -632,12 +633,8 @@ def check_policy_name(name: str) -> str:
     return name
 
 
-class CitusBackupPolicy(BaseModel):
+class CitusBackupPolicy(Resource):
     """A CitusBackupPolicy resource (apiVersion, kind, metadata, spec, status)."""
-
-    model_config = ConfigDict(
-        frozen=True, populate_by_name=True, serialize_by_alias=True, extra="ignore"
-    )
 
     api_version: Literal["citusbackup.io/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
     kind: Literal["CitusBackupPolicy"] = KIND
@@ -650,14 +647,6 @@ class CitusBackupPolicy(BaseModel):
     def _name(cls, value: ObjectMeta) -> ObjectMeta:
         check_policy_name(value.name)
         return value
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name
-
-    @property
-    def namespace(self) -> str | None:
-        return self.metadata.namespace
 
 
 KIND_INFO = KindInfo(

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from typing import Annotated, Final, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AwareDatetime, ConfigDict, Field, field_validator, model_validator
 
 from citus_backup.api.common import (
     AGE_COLUMN,
@@ -45,6 +45,7 @@ from citus_backup.api.common import (
     PgIdentifier,
     Phase,
     PrinterColumn,
+    Resource,
     StatusModel,
     cel,
     check_unique,
@@ -222,26 +223,14 @@ class CitusRestoreStatus(StatusModel):
     )
 
 
-class CitusRestore(BaseModel):
+class CitusRestore(Resource):
     """A CitusRestore resource (apiVersion, kind, metadata, spec, status)."""
-
-    model_config = ConfigDict(
-        frozen=True, populate_by_name=True, serialize_by_alias=True, extra="ignore"
-    )
 
     api_version: Literal["citusbackup.io/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
     kind: Literal["CitusRestore"] = KIND
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: CitusRestoreSpec
     status: CitusRestoreStatus = Field(default_factory=CitusRestoreStatus)
-
-    @property
-    def name(self) -> str:
-        return self.metadata.name
-
-    @property
-    def namespace(self) -> str | None:
-        return self.metadata.namespace
 
 
 KIND_INFO = KindInfo(
