@@ -50,7 +50,8 @@ def test_a_due_run_creates_one_labelled_unowned_backup(w: World) -> None:
     tick(w)
     assert backups(w) == ["main-202611270300"]
     created = w.cluster.obj(Kind.BACKUP, "main-202611270300")
-    assert created["spec"] == {"policyName": "main", "tier": "daily"}
+    # The policy's first run is also the month's first: it gets the monthly copy.
+    assert created["spec"] == {"policyName": "main", "tier": "daily", "alsoTiers": ["monthly"]}
     assert created["metadata"]["labels"]["citusbackup.io/trigger"] == "scheduled"
     assert created["metadata"]["labels"]["citusbackup.io/policy"] == "main"
     assert created["metadata"]["annotations"]["citusbackup.io/scheduled-time"] == (
@@ -269,3 +270,25 @@ def test_a_status_computed_from_a_stale_read_is_refused_and_retried(
         tick(w)
     assert err.value.reason == "Conflict"
     assert "conditions" not in w.cluster.status(Kind.POLICY, "main")
+
+
+def test_a_failed_run_on_the_first_does_not_leave_the_month_without_a_monthly_copy() -> None:
+    w = world(datetime(2026, 11, 30, 12, 0, tzinfo=UTC))
+    w.cluster.add_secrets()
+    w.cluster.add(Kind.POLICY, policy())
+    w.clock.now = datetime(2026, 12, 1, 3, 0, 2, tzinfo=UTC)
+    tick(w)
+    first = w.cluster.obj(Kind.BACKUP, "main-202612010300")
+    assert first["spec"]["alsoTiers"] == ["monthly"]
+    first["status"] = {"phase": "Failed", "tiers": ["daily", "monthly"]}
+    w.clock.now = datetime(2026, 12, 2, 3, 0, 2, tzinfo=UTC)
+    tick(w)
+    assert w.cluster.obj(Kind.BACKUP, "main-202612020300")["spec"]["alsoTiers"] == ["monthly"]
+    # Once the month has its copy (the 2nd succeeded), later runs stay daily only.
+    w.cluster.obj(Kind.BACKUP, "main-202612020300")["status"] = {
+        "phase": "Succeeded",
+        "tiers": ["daily", "monthly"],
+    }
+    w.clock.now = datetime(2026, 12, 3, 3, 0, 2, tzinfo=UTC)
+    tick(w)
+    assert "alsoTiers" not in w.cluster.obj(Kind.BACKUP, "main-202612030300")["spec"]

@@ -78,3 +78,16 @@ def test_manual_backup_tiers() -> None:
     with pytest.raises(PermanentError, match="weekly is not enabled") as excinfo:
         backup_tiers(policy, CitusBackupSpec(policy_name="p", also_tiers=(Tier.WEEKLY,)))
     assert excinfo.value.reason == "InvalidSpec"
+
+
+def test_with_history_a_tier_goes_to_the_first_run_of_its_period_that_did_not_fail() -> None:
+    policy = spec()  # 03:00 UTC, standard: daily + monthly
+    second = datetime(2026, 12, 2, 3, tzinfo=UTC)
+    # The 1st's run failed (so it is not in the history): the 2nd takes the monthly copy.
+    assert tiers_for_run(policy, second, held=[]) == (Tier.DAILY, Tier.MONTHLY)
+    # The month already has one (even from a run still in progress): daily only.
+    held = [(datetime(2026, 12, 1, 3, tzinfo=UTC), ("daily", "monthly"))]
+    assert tiers_for_run(policy, second, held=held) == (Tier.DAILY,)
+    # A monthly copy of November does not count for December.
+    november = [(datetime(2026, 11, 30, 3, tzinfo=UTC), ("daily", "monthly"))]
+    assert tiers_for_run(policy, second, held=november) == (Tier.DAILY, Tier.MONTHLY)

@@ -28,7 +28,7 @@ not advance, so fixing the Secret in time still runs the due backup.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -181,9 +181,34 @@ def refresh_backup_summary(deps: Deps, policy: CitusBackupPolicy) -> None:
         )
 
 
-def scheduled_backup_body(policy: CitusBackupPolicy, run: datetime) -> dict[str, Any]:
-    """The CitusBackup of the scheduled run at ``run`` (not owned by the policy)."""
-    tiers = tiers_for_run(policy.spec, run)
+def held_tiers(backups: Iterable[CitusBackup]) -> list[tuple[datetime, tuple[str, ...]]]:
+    """(time, tiers) of every backup that has not failed: what tier placement counts."""
+    held: list[tuple[datetime, tuple[str, ...]]] = []
+    for b in backups:
+        if b.status.phase is Phase.FAILED:
+            continue
+        when = b.metadata.annotations.get(ANNOTATION_SCHEDULED_TIME)
+        at = datetime.fromisoformat(when.replace("Z", "+00:00")) if when else None
+        at = at or b.metadata.creation_timestamp
+        if at is None:
+            continue
+        tiers = tuple(str(t) for t in b.status.tiers) or tuple(
+            str(t) for t in (b.spec.tier, *b.spec.also_tiers) if t is not None
+        )
+        held.append((at, tiers))
+    return held
+
+
+def scheduled_backup_body(
+    policy: CitusBackupPolicy, run: datetime, backups: Iterable[CitusBackup] | None = None
+) -> dict[str, Any]:
+    """The CitusBackup of the scheduled run at ``run`` (not owned by the policy).
+
+    With the policy's ``backups``, a higher tier whose period has no backup yet
+    (the 1st's run failed) is added: see :func:`citus_backup.specs.retention.tiers_for_run`.
+    """
+    held = None if backups is None else held_tiers(backups)
+    tiers = tiers_for_run(policy.spec, run, held)
     spec: dict[str, Any] = {"policyName": policy.name, "tier": str(tiers[0])}
     if tiers[1:]:
         spec["alsoTiers"] = [str(t) for t in tiers[1:]]
@@ -383,7 +408,7 @@ class PolicyReconciler:
                 "running (at most one backup per policy)",
             )
             return conditions
-        if deps.cluster.create(Kind.BACKUP, namespace, scheduled_backup_body(policy, run)):
+        if deps.cluster.create(Kind.BACKUP, namespace, scheduled_backup_body(policy, run, backups)):
             deps.events.emit(
                 ref_body(policy),
                 NORMAL,

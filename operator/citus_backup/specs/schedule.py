@@ -153,6 +153,11 @@ def first_of_period(schedule: str, time_zone: str, scheduled_time: datetime, per
     )
 
 
+def period_key(instant: datetime, time_zone: str, period: str) -> tuple[int, ...]:
+    """The ``week``/``month``/``year`` that ``instant`` falls in, in local time."""
+    return _period_key(_aware(instant, "instant").astimezone(zone(time_zone)), period)
+
+
 def _period_key(local: datetime, period: str) -> tuple[int, ...]:
     if period == "week":
         iso = local.isocalendar()
