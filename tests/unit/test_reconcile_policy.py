@@ -292,3 +292,26 @@ def test_a_failed_run_on_the_first_does_not_leave_the_month_without_a_monthly_co
     w.clock.now = datetime(2026, 12, 3, 3, 0, 2, tzinfo=UTC)
     tick(w)
     assert "alsoTiers" not in w.cluster.obj(Kind.BACKUP, "main-202612030300")["spec"]
+
+
+def test_after_a_conflict_our_fields_are_reapplied_over_the_other_owners_conditions(
+    w: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w.cluster.add(Kind.POLICY, policy())
+    obj = w.cluster.obj(Kind.POLICY, "main")
+    obj["metadata"]["resourceVersion"] = "2"
+    lifecycle = {"type": "LifecycleInSync", "status": "True", "reason": "InSync"}
+    obj["status"] = {"conditions": [lifecycle]}
+    stale = w.cluster.get(Kind.POLICY, "ns", "main")
+    assert stale is not None
+    stale["metadata"]["resourceVersion"] = "1"
+    stale["status"] = {}
+    real_get = w.cluster.get
+    reads = iter([stale])
+    monkeypatch.setattr(
+        w.cluster, "get", lambda kind, ns, name: next(reads, None) or real_get(kind, ns, name)
+    )
+    tick(w)
+    types = [c["type"] for c in w.cluster.status(Kind.POLICY, "main")["conditions"]]
+    assert sorted(types) == ["LastBackupSucceeded", "LifecycleInSync", "Ready"]
+    assert w.cluster.status(Kind.POLICY, "main")["nextScheduleTime"] == "2026-11-27T03:00:00Z"

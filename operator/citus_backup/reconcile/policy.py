@@ -28,7 +28,7 @@ not advance, so fixing the Secret in time still runs the due backup.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -52,7 +52,7 @@ from citus_backup.api.common import (
     set_condition,
 )
 from citus_backup.api.policy import CitusBackupPolicy
-from citus_backup.errors import PermanentError
+from citus_backup.errors import PermanentError, TransientError
 from citus_backup.reconcile.common import (
     NORMAL,
     WARNING,
@@ -74,6 +74,56 @@ logger = logging.getLogger(__name__)
 BACKUP_SCHEDULED = "BackupScheduled"
 #: Value of the trigger label on scheduled CitusBackups.
 TRIGGER_SCHEDULED = "scheduled"
+
+
+#: Condition types the scheduler owns; others (LifecycleInSync) belong to the
+#: retention controller and are never written from here.
+SCHEDULER_CONDITIONS = frozenset({ConditionType.READY, ConditionType.LAST_BACKUP_SUCCEEDED})
+#: Re-reads of a policy whose status patch lost a race before giving up for this tick.
+STATUS_ATTEMPTS = 3
+
+
+def patch_policy_status(
+    deps: Deps,
+    namespace: str,
+    name: str,
+    resource_version: str | None,
+    fields: Mapping[str, Any],
+) -> None:
+    """Write the scheduler's status fields without clobbering anyone else's conditions.
+
+    A merge patch replaces the whole ``conditions`` list, which the retention
+    controller writes too, so the patch is guarded by the resourceVersion read.
+    On a conflict the policy is re-read and our fields (this tick's decisions,
+    such as the ``lastScheduleTime`` of a backup just created) are re-applied
+    with the conditions we own on top of the current ones of other owners.
+    """
+    for _ in range(STATUS_ATTEMPTS):
+        try:
+            deps.cluster.patch_status(
+                Kind.POLICY, namespace, name, fields, resource_version=resource_version
+            )
+            return
+        except TransientError as err:
+            if err.reason != "Conflict":
+                raise
+        fresh = deps.cluster.get(Kind.POLICY, namespace, name)
+        if fresh is None:
+            return
+        resource_version = fresh.get("metadata", {}).get("resourceVersion")
+        if "conditions" in fields:
+            ours = [c for c in fields["conditions"] if c.get("type") in SCHEDULER_CONDITIONS]
+            theirs = [
+                c
+                for c in fresh.get("status", {}).get("conditions") or []
+                if c.get("type") not in SCHEDULER_CONDITIONS
+            ]
+            fields = {**fields, "conditions": ours + theirs}
+    raise TransientError(
+        f"status of CitusBackupPolicy {namespace}/{name} kept changing; will retry",
+        reason="Conflict",
+        delay=1.0,
+    )
 
 
 def backups_of(deps: Deps, policy: CitusBackupPolicy) -> list[CitusBackup]:
@@ -172,12 +222,8 @@ def refresh_backup_summary(deps: Deps, policy: CitusBackupPolicy) -> None:
     )
     fields["conditions"] = [c.to_dict() for c in conditions]
     if changes(policy.status.to_dict(), fields):
-        deps.cluster.patch_status(
-            Kind.POLICY,
-            policy.namespace or "",
-            policy.name,
-            fields,
-            resource_version=policy.metadata.resource_version,
+        patch_policy_status(
+            deps, policy.namespace or "", policy.name, policy.metadata.resource_version, fields
         )
 
 
@@ -270,12 +316,12 @@ class PolicyReconciler:
             "observedGeneration": meta.get("generation"),
             "nextScheduleTime": None,
         }
-        self.deps.cluster.patch_status(
-            Kind.POLICY,
+        patch_policy_status(
+            self.deps,
             meta.get("namespace", ""),
             meta.get("name", ""),
+            meta.get("resourceVersion"),
             status,
-            resource_version=meta.get("resourceVersion"),
         )
         self.deps.events.emit(body, WARNING, str(Reason.INVALID_SPEC), err.message)
 
@@ -325,12 +371,8 @@ class PolicyReconciler:
         fields.update(summary)
         fields["conditions"] = [c.to_dict() for c in conditions]
         if changes(status.to_dict(), fields):
-            deps.cluster.patch_status(
-                Kind.POLICY,
-                namespace,
-                policy.name,
-                fields,
-                resource_version=policy.metadata.resource_version,
+            patch_policy_status(
+                deps, namespace, policy.name, policy.metadata.resource_version, fields
             )
 
     def _readiness(self, policy: CitusBackupPolicy, now: datetime) -> tuple[Reason, str, bool]:
