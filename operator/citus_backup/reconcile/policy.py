@@ -89,14 +89,18 @@ def patch_policy_status(
     name: str,
     resource_version: str | None,
     fields: Mapping[str, Any],
+    *,
+    owned: frozenset[ConditionType] = SCHEDULER_CONDITIONS,
 ) -> None:
-    """Write the scheduler's status fields without clobbering anyone else's conditions.
+    """Write status fields without clobbering conditions owned by another writer.
 
     A merge patch replaces the whole ``conditions`` list, which the retention
     controller writes too, so the patch is guarded by the resourceVersion read.
     On a conflict the policy is re-read and our fields (this tick's decisions,
     such as the ``lastScheduleTime`` of a backup just created) are re-applied
-    with the conditions we own on top of the current ones of other owners.
+    with only the condition types in ``owned`` taken from ours and every other
+    condition from the current object (the backup summary owns just
+    LastBackupSucceeded; the scheduler tick also owns Ready).
     """
     for _ in range(STATUS_ATTEMPTS):
         try:
@@ -112,11 +116,11 @@ def patch_policy_status(
             return
         resource_version = fresh.get("metadata", {}).get("resourceVersion")
         if "conditions" in fields:
-            ours = [c for c in fields["conditions"] if c.get("type") in SCHEDULER_CONDITIONS]
+            ours = [c for c in fields["conditions"] if c.get("type") in owned]
             theirs = [
                 c
                 for c in fresh.get("status", {}).get("conditions") or []
-                if c.get("type") not in SCHEDULER_CONDITIONS
+                if c.get("type") not in owned
             ]
             fields = {**fields, "conditions": ours + theirs}
     raise TransientError(
@@ -223,7 +227,12 @@ def refresh_backup_summary(deps: Deps, policy: CitusBackupPolicy) -> None:
     fields["conditions"] = [c.to_dict() for c in conditions]
     if changes(policy.status.to_dict(), fields):
         patch_policy_status(
-            deps, policy.namespace or "", policy.name, policy.metadata.resource_version, fields
+            deps,
+            policy.namespace or "",
+            policy.name,
+            policy.metadata.resource_version,
+            fields,
+            owned=frozenset({ConditionType.LAST_BACKUP_SUCCEEDED}),
         )
 
 
