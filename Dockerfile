@@ -18,6 +18,12 @@ RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check /src \
  && rm -rf /src
 
+# A passwd entry for the runtime user: libpq and getpass look the UID up
+# (pg_dump's default user name, kopf's default identity) and fail without one.
+RUN groupadd --system --gid 65532 nonroot \
+ && useradd --system --uid 65532 --gid 65532 --no-create-home \
+      --home-dir /nonexistent --shell /usr/sbin/nologin nonroot
+
 # 65532 is the conventional "nonroot" UID; the restricted Pod Security
 # Standard needs a non-root user, and the pods run with a read-only root
 # filesystem (no .pyc writes) and an emptyDir on /tmp.

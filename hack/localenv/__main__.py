@@ -53,11 +53,36 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("namespace")
     sa.add_argument("name")
     sa.add_argument("--output", "-o", type=Path, default=None, help="kubeconfig path to write")
+    img = sub.add_parser(
+        "images",
+        help="build the e2e images (project + pause) without a registry; optionally import them",
+    )
+    img.add_argument(
+        "--containerd-socket", type=Path, default=None, help="also import into this containerd"
+    )
+    img.add_argument(
+        "--log-dir", type=Path, default=None, help="build logs (default: <cache>/images/logs)"
+    )
     return parser
+
+
+def _images(containerd_socket: Path | None, log_dir: Path | None) -> int:
+    from localenv import images  # noqa: PLC0415 - only this command needs it
+
+    built = images.ensure_images(log_dir or images.images_dir() / "logs", containerd_socket)
+    print(f"{built.project} {built.project_id}")
+    print(f"{built.pause} {built.pause_id}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "images":
+        try:
+            return _images(args.containerd_socket, args.log_dir)
+        except StartError as exc:
+            print(f"localenv: {exc}", file=sys.stderr)
+            return 1
     state_dir: Path = args.state_dir.resolve()
     commands: dict[str, Callable[[], int]] = {
         "up": lambda: env.up(state_dir),

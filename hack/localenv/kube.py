@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
+import errno
 import ipaddress
 import json
 import os
@@ -100,6 +101,9 @@ class PKI:
     """
 
     directory: Path
+    # Extra addresses in the apiserver serving certificate (a node's address,
+    # when pods must reach the apiserver through the `kubernetes` Service).
+    extra_sans: tuple[str, ...] = ()
 
     def _pair(self, name: str) -> CertPair:
         return CertPair(self.directory / f"{name}.crt", self.directory / f"{name}.key")
@@ -151,6 +155,11 @@ class PKI:
         return self._pair("front-proxy-client")
 
     @property
+    def apiserver_kubelet_client(self) -> CertPair:
+        """What kube-apiserver presents to kubelets (logs, exec, port-forward)."""
+        return self._pair("apiserver-kubelet-client")
+
+    @property
     def service_account_key(self) -> Path:
         """Signs ServiceAccount tokens (apiserver and kube-controller-manager)."""
         return self.directory / "sa.key"
@@ -166,7 +175,18 @@ class PKI:
         loopback = (LOOPBACK, "localhost")
         ca.issue(self.etcd_server, "etcd", sans=loopback, server=True, client=True)
         ca.issue(self.etcd_client, "kube-apiserver-etcd-client", client=True)
-        ca.issue(self.apiserver, "kube-apiserver", sans=APISERVER_SANS, server=True)
+        ca.issue(
+            self.apiserver,
+            "kube-apiserver",
+            sans=(*APISERVER_SANS, *self.extra_sans),
+            server=True,
+        )
+        ca.issue(
+            self.apiserver_kubelet_client,
+            "kube-apiserver-kubelet-client",
+            org="system:masters",
+            client=True,
+        )
         ca.issue(self.admin, "localenv-admin", org="system:masters", client=True)
         ca.issue(self.controller_manager, "system:kube-controller-manager", client=True)
         ca.issue(
@@ -183,6 +203,21 @@ class PKI:
         )
         return self
 
+    def issue(
+        self,
+        name: str,
+        cn: str,
+        *,
+        org: str | None = None,
+        sans: Iterable[str] = (),
+        server: bool = False,
+        client: bool = False,
+    ) -> CertPair:
+        """Issue one more certificate from the (already generated) cluster CA."""
+        pair = self._pair(name)
+        _Issuer.load(self.ca).issue(pair, cn, org=org, sans=sans, server=server, client=client)
+        return pair
+
     def client_context(self, pair: CertPair) -> ssl.SSLContext:
         """TLS context trusting our CA and presenting ``pair``."""
         context = ssl.create_default_context(cafile=str(self.ca.cert))
@@ -197,6 +232,15 @@ class _Issuer:
     key: ec.EllipticCurvePrivateKey
     name: x509.Name
     now: datetime.datetime
+
+    @classmethod
+    def load(cls, pair: CertPair) -> _Issuer:
+        """The CA written by :meth:`new_ca`, read back to issue more certificates."""
+        key = serialization.load_pem_private_key(pair.key.read_bytes(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise TypeError(f"{pair.key}: not an EC private key")
+        cert = x509.load_pem_x509_certificate(pair.cert.read_bytes())
+        return cls(key, cert.subject, datetime.datetime.now(datetime.UTC))
 
     @classmethod
     def new_ca(cls, cn: str, pair: CertPair) -> _Issuer:
@@ -460,8 +504,8 @@ class KubeInfo:
 # --- components -------------------------------------------------------------------
 
 
-def _port_taken(port: int) -> bool:
-    """Would a server fail to listen on 127.0.0.1:``port``?
+def _port_taken(port: int, address: str = LOOPBACK) -> bool:
+    """Would a server fail to listen on ``address``:``port``?
 
     SO_REUSEADDR like Go's listeners, so connections in TIME_WAIT from an
     earlier server on that port do not count as taken.
@@ -469,18 +513,21 @@ def _port_taken(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((LOOPBACK, port))
-        except OSError:
-            return True
+            sock.bind((address, port))
+        except OSError as exc:
+            # The address itself is gone (a node's bridge, removed): nothing listens.
+            return exc.errno != errno.EADDRNOTAVAIL
         return False
 
 
-def _check_ports(process: ManagedProcess, ports: Mapping[str, int]) -> None:
+def _check_ports(
+    process: ManagedProcess, ports: Mapping[str, int], address: str = LOOPBACK
+) -> None:
     """Fail before starting if a port is taken, rather than probing a foreign server."""
     for what, port in ports.items():
-        if _port_taken(port):
+        if _port_taken(port, address):
             raise StartError(
-                f"{process.describe()}: {what} port {LOOPBACK}:{port} is already in use"
+                f"{process.describe()}: {what} port {address}:{port} is already in use"
             )
 
 
@@ -591,11 +638,14 @@ class KubeAPIServer:
     build: bool = True
     executable: Path | None = None
     port: int = field(default_factory=free_port)
+    # Where it listens and what it advertises in the `kubernetes` Service:
+    # loopback without nodes; the node's address when pods must reach it.
+    address: str = LOOPBACK
     process: ManagedProcess | None = field(default=None, init=False)
 
     @property
     def server(self) -> str:
-        return f"https://{LOOPBACK}:{self.port}"
+        return f"https://{self.address}:{self.port}"
 
     @property
     def admin_kubeconfig(self) -> Path:
@@ -611,10 +661,10 @@ class KubeAPIServer:
         pki = self.pki
         argv = [
             str(exe),
-            f"--bind-address={LOOPBACK}",
+            f"--bind-address={self.address}",
             # It advertises this address in the `kubernetes` Service; without
             # the flag it would pick (and need) a non-loopback interface.
-            f"--advertise-address={LOOPBACK}",
+            f"--advertise-address={self.address}",
             f"--secure-port={self.port}",
             f"--cert-dir={self.base_dir / 'apiserver-certs'}",
             f"--tls-cert-file={pki.apiserver.cert}",
@@ -642,12 +692,19 @@ class KubeAPIServer:
             f"--service-account-key-file={pki.service_account_pub}",
             f"--service-account-signing-key-file={pki.service_account_key}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
+            # kubectl logs/exec reach kubelets with this identity, and verify
+            # their serving certificates (issued by our CA).
+            f"--kubelet-client-certificate={pki.apiserver_kubelet_client.cert}",
+            f"--kubelet-client-key={pki.apiserver_kubelet_client.key}",
+            f"--kubelet-certificate-authority={pki.ca.cert}",
+            "--kubelet-preferred-address-types=InternalIP",
+            "--profiling=false",
+        ]
+        if self.address == LOOPBACK:
             # Endpoints may not hold loopback IPs (validation rejects them), so
             # the default reconciler would log an error for 127.0.0.1 forever.
             # Without nodes there is no Service routing to maintain anyway.
-            "--endpoint-reconciler-type=none",
-            "--profiling=false",
-        ]
+            argv.append("--endpoint-reconciler-type=none")
         self.process = ManagedProcess(
             "kube-apiserver",
             argv,
@@ -655,7 +712,7 @@ class KubeAPIServer:
             env=_base_env(self.base_dir),
             die_with_parent=self.die_with_parent,
         )
-        _check_ports(self.process, {"secure": self.port})
+        _check_ports(self.process, {"secure": self.port}, self.address)
         self.base_dir.mkdir(parents=True, exist_ok=True)
         write_kubeconfig(
             self.admin_kubeconfig,
@@ -773,6 +830,8 @@ class KubeCluster:
     etcd_peer_port: int = field(default_factory=free_port)
     apiserver_port: int = field(default_factory=free_port)
     controller_manager_port: int = field(default_factory=free_port)
+    # kube-apiserver's listen/advertise address (see KubeAPIServer.address).
+    apiserver_address: str = LOOPBACK
     etcd: Etcd | None = field(default=None, init=False)
     apiserver: KubeAPIServer | None = field(default=None, init=False)
     controller_manager: KubeControllerManager | None = field(default=None, init=False)
@@ -780,7 +839,8 @@ class KubeCluster:
 
     @property
     def pki(self) -> PKI:
-        return PKI(self.base_dir / "pki")
+        extra = () if self.apiserver_address == LOOPBACK else (self.apiserver_address,)
+        return PKI(self.base_dir / "pki", extra)
 
     @property
     def info(self) -> KubeInfo:
@@ -822,6 +882,7 @@ class KubeCluster:
                 self.build,
                 exe["kube-apiserver"],
                 self.apiserver_port,
+                self.apiserver_address,
             )
             server = self.apiserver.start()
             info = KubeInfo(
@@ -872,13 +933,15 @@ class KubeCluster:
             if p.proc is not None and p.proc.poll() is None
         ]
         ports = {
-            "etcd client": self.etcd_client_port,
-            "etcd peer": self.etcd_peer_port,
-            "kube-apiserver": self.apiserver_port,
-            "kube-controller-manager": self.controller_manager_port,
+            "etcd client": (self.etcd_client_port, LOOPBACK),
+            "etcd peer": (self.etcd_peer_port, LOOPBACK),
+            "kube-apiserver": (self.apiserver_port, self.apiserver_address),
+            "kube-controller-manager": (self.controller_manager_port, LOOPBACK),
         }
         found += [
-            f"{what} port {port} still bound" for what, port in ports.items() if _port_taken(port)
+            f"{what} port {port} still bound"
+            for what, (port, address) in ports.items()
+            if _port_taken(port, address)
         ]
         if self.base_dir.exists():
             found.append(f"{self.base_dir} still exists")

@@ -52,12 +52,14 @@ class Minio:
     console_port: int = field(default_factory=free_port)
     access_key: str = field(default_factory=lambda: "admin-" + secrets.token_hex(4))
     secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    # Listen address: loopback, or a local node's bridge address so pods reach it.
+    host: str = "127.0.0.1"
     process: ManagedProcess | None = field(default=None, init=False)
 
     @property
     def info(self) -> MinioInfo:
         return MinioInfo(
-            "127.0.0.1",
+            self.host,
             self.port,
             self.console_port,
             self.access_key,
@@ -86,16 +88,16 @@ class Minio:
                 str(data),
                 "--quiet",
                 "--address",
-                f"127.0.0.1:{self.port}",
+                f"{self.host}:{self.port}",
                 "--console-address",
-                f"127.0.0.1:{self.console_port}",
+                f"{self.host}:{self.console_port}",
             ],
             self.log_dir / "minio.log",
             env=env,
             die_with_parent=self.die_with_parent,
         )
         self.process.start()
-        url = f"http://127.0.0.1:{self.port}/minio/health/ready"
+        url = f"http://{self.host}:{self.port}/minio/health/ready"
         self.process.wait_ready(lambda: urllib.request.urlopen(url, timeout=2).status == 200)
         return self.info
 

@@ -13,6 +13,7 @@ import pwd
 import secrets
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +64,11 @@ class Postgres:
     die_with_parent: bool = True
     port: int = field(default_factory=free_port)
     password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
+    # The address clients use. Another than loopback (a local node's bridge
+    # address, so pods reach the server) is listened on besides loopback.
+    host: str = "127.0.0.1"
+    # Client networks allowed with a password besides loopback (pod CIDRs).
+    allow_cidrs: tuple[str, ...] = ()
     process: ManagedProcess | None = field(default=None, init=False)
 
     @property
@@ -72,7 +78,7 @@ class Postgres:
     @property
     def info(self) -> PostgresInfo:
         return PostgresInfo(
-            "127.0.0.1", self.port, SUPERUSER, self.password, self.log_dir / "postgres.log"
+            self.host, self.port, SUPERUSER, self.password, self.log_dir / "postgres.log"
         )
 
     def _user(self) -> str | None:
@@ -90,9 +96,19 @@ class Postgres:
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.base_dir.chmod(0o755)
         if user is not None:
-            # The server user must traverse our (root-owned, 0700) temp parent.
-            parent = self.base_dir.parent
-            parent.chmod(parent.stat().st_mode | 0o011)
+            # The server user must traverse our (root-owned, 0700) temp parents;
+            # directories outside the temp dir are not ours to open up.
+            tmp = Path(tempfile.gettempdir()).resolve()
+            for parent in self.base_dir.resolve().parents:
+                mode = parent.stat().st_mode
+                if mode & 0o001:
+                    continue
+                if tmp not in parent.parents:
+                    raise StartError(
+                        f"postgres: user {user} cannot traverse {parent} (mode {mode & 0o777:o}); "
+                        "put the state directory elsewhere"
+                    )
+                parent.chmod(mode | 0o011)
         socket_dir = self.base_dir / "socket"
         socket_dir.mkdir(exist_ok=True)
         pwfile = self.base_dir / "pwfile"
@@ -124,6 +140,11 @@ class Postgres:
             raise StartError(
                 f"postgres: `{' '.join(cmd)}` failed with code {done.returncode}; log {initdb_log}"
             )
+        if self.allow_cidrs:
+            with (self.data_dir / "pg_hba.conf").open("a") as hba:
+                for cidr in self.allow_cidrs:
+                    hba.write(f"host all all {cidr} scram-sha-256\n")
+        listen = ",".join(dict.fromkeys(("127.0.0.1", self.host)))
         self.process = ManagedProcess(
             "postgres",
             [
@@ -135,7 +156,7 @@ class Postgres:
                 "-k",
                 str(socket_dir),
                 "-c",
-                "listen_addresses=127.0.0.1",
+                f"listen_addresses={listen}",
                 # Test data is disposable: skip fsync for speed.
                 "-c",
                 "fsync=off",

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 from typing import Any
 
 #: Default runner image for Jobs (a policy's jobTemplate.image overrides it).
@@ -99,6 +100,11 @@ def configure(settings: Any, *, verbose: bool) -> None:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
 
 
+def operator_identity() -> str:
+    """``<hostname>@<pid>``, without the passwd lookup kopf's default does."""
+    return f"{socket.gethostname()}@{os.getpid()}"
+
+
 def run(args: argparse.Namespace) -> int:
     import kopf  # noqa: PLC0415
 
@@ -132,6 +138,10 @@ def run(args: argparse.Namespace) -> int:
     kopf.configure(verbose=args.verbose)
     kopf.run(
         registry=registry,
+        # kopf's default identity calls getpass.getuser(), which raises when the
+        # UID has no passwd entry (any runAsUser an admin picks); the pod's
+        # hostname (its name) is what peering needs anyway.
+        identity=operator_identity(),
         standalone=args.standalone,
         clusterwide=bool(args.all_namespaces),
         namespaces=args.namespaces or (),

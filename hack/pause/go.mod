@@ -1,0 +1,3 @@
+module citus-backup-operator.local/pause
+
+go 1.21
