@@ -5,11 +5,12 @@ MinIO, two lifecycle rules clicked in the console, and ``docker exec
 pg_restore`` by hand. This script replays that story the Kubernetes way and
 prints what a user would type and see:
 
-1. the local environment (PostgreSQL with app1/app2/app3, MinIO, the control
-   plane) comes up, the CRDs and RBAC from ``manifests/`` are applied;
-2. the operator runs with its own ServiceAccount's credentials, and Job pods
-   are run by the local-node TEST DOUBLE (``tests/harness``) because this
-   machine has no kubelet yet;
+1. the local environment comes up: PostgreSQL with app1/app2/app3, MinIO, the
+   control plane and one real node (kubelet, containerd, runc, kube-proxy),
+   with the project's image built from the Dockerfile and loaded into it;
+2. ``kubectl apply -k manifests/``: CRDs, RBAC and the operator Deployment,
+   whose pod talks to the API server in-cluster; backups and restores run as
+   real Job pods;
 3. ``kubectl apply`` a CitusBackupPolicy, ``kubectl create citusbackup`` for a
    backup now; the bucket holds the backup set;
 4. a table is dropped in app1; ``kubectl create citusrestore`` brings it back
@@ -22,9 +23,7 @@ Idempotent: a second run re-uses what is up and makes new backup/restore names.
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime
-import json
 import os
 import shlex
 import subprocess
@@ -39,14 +38,11 @@ from psycopg import sql
 
 from localenv import env as localenv
 from localenv.binaries import binary
-from localenv.process import stop_pid
 
 REPO = Path(__file__).resolve().parent.parent
 STATE_DIR = localenv.DEFAULT_STATE_DIR
-PROCS_FILE = STATE_DIR / "demo-processes.json"
 NAMESPACE = "citus"
 OPERATOR_NAMESPACE = "citus-backup-system"
-OPERATOR_SA = "citus-backup-operator"
 BUCKET = "citus-backups"
 # Seconds to wait for a backup or restore to finish; the demo data is small.
 WAIT_SECONDS = 180
@@ -149,35 +145,6 @@ def policy_yaml(state: localenv.DemoState) -> str:
     )
 
 
-def load_procs() -> dict[str, int]:
-    try:
-        data: dict[str, int] = json.loads(PROCS_FILE.read_text())
-    except (OSError, ValueError):
-        return {}
-    return {name: pid for name, pid in data.items() if Path(f"/proc/{pid}").exists()}
-
-
-def start_detached(name: str, argv: list[str], env: dict[str, str], log: Path) -> int:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            argv,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    print(f"   {name}: pid {proc.pid}, log {log}")
-    return proc.pid
-
-
-def stop_demo_processes() -> None:
-    for pid in load_procs().values():
-        stop_pid(pid)
-    PROCS_FILE.unlink(missing_ok=True)
-
-
 def wait_phase(env: dict[str, str], kubectl: str, kind: str, name: str) -> str:
     deadline = time.monotonic() + WAIT_SECONDS
     phase = ""
@@ -195,7 +162,7 @@ def wait_phase(env: dict[str, str], kubectl: str, kind: str, name: str) -> str:
 
 
 def up() -> int:
-    say("Local environment (PostgreSQL 15, MinIO, etcd, kube-apiserver, kube-controller-manager)")
+    say("Local environment: PostgreSQL 15, MinIO, the control plane and one real node")
     if localenv.up(STATE_DIR) != 0:
         return 1
     state = localenv.DemoState.load(STATE_DIR)
@@ -224,92 +191,25 @@ def up() -> int:
     if not s3.bucket_exists(BUCKET):
         s3.make_bucket(BUCKET)
 
-    say("Install: CRDs, namespace and least-privilege RBAC from manifests/")
+    say("Install: kubectl apply -k manifests/ (CRDs, RBAC, the operator Deployment)")
+    run([kubectl, "apply", "-k", str(REPO / "manifests")], env)
     run(
         [
             kubectl,
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-f",
-            str(REPO / "manifests/crds"),
+            "rollout",
+            "status",
+            "-n",
+            OPERATOR_NAMESPACE,
+            "deploy/citus-backup-operator",
+            f"--timeout={WAIT_SECONDS}s",
         ],
         env,
     )
-    run(
-        [
-            kubectl,
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd",
-            "-l",
-            "app.kubernetes.io/name=citus-backup-operator",
-        ],
-        env,
-        show=False,
-    )
-    run(
-        [
-            kubectl,
-            "apply",
-            "-f",
-            str(REPO / "manifests/namespace.yaml"),
-            "-f",
-            str(REPO / "manifests/rbac.yaml"),
-        ],
-        env,
-    )
+    run([kubectl, "get", "pods", "-n", OPERATOR_NAMESPACE, "-o", "wide"], env)
     run([kubectl, "create", "namespace", NAMESPACE], env, check=False, show=False)
     config.load_kube_config(str(state.kube.kubeconfig))  # type: ignore[no-untyped-call]
     apply_secrets(client.CoreV1Api(), state)
-
-    ensure_processes(state, env)
     return story(state, env)
-
-
-def ensure_processes(state: localenv.DemoState, env: dict[str, str]) -> None:
-    """The operator and the local-node test double, started once and re-used."""
-    procs = load_procs()
-    if {"operator", "local-node"} - set(procs):
-        stop_demo_processes()
-        say("The operator (as its own ServiceAccount) and the local-node test double")
-        sa_kubeconfig = STATE_DIR / "operator.kubeconfig"
-        for _ in range(30):  # the ServiceAccount appears once the namespace is reconciled
-            with contextlib.suppress(Exception):
-                state.kube.mint_sa_kubeconfig(OPERATOR_NAMESPACE, OPERATOR_SA, sa_kubeconfig)
-                break
-            time.sleep(1)
-        base = {"PATH": env["PATH"], "HOME": str(STATE_DIR), "PYTHONUNBUFFERED": "1"}
-        procs = {
-            "operator": start_detached(
-                "operator",
-                [
-                    str(Path(sys.executable).parent / "citus-backup"),
-                    "operator",
-                    "--namespace",
-                    NAMESPACE,
-                    "--standalone",
-                ],
-                {**base, "KUBECONFIG": str(sa_kubeconfig)},
-                state.log_dir / "operator.log",
-            ),
-            "local-node": start_detached(
-                "local-node",
-                [
-                    sys.executable,
-                    "-m",
-                    "harness",
-                    "--state-dir",
-                    str(STATE_DIR),
-                    "--namespace",
-                    NAMESPACE,
-                ],
-                {**base, "PYTHONPATH": f"{REPO / 'tests'}:{REPO / 'hack'}"},
-                state.log_dir / "local-node.log",
-            ),
-        }
-        PROCS_FILE.write_text(json.dumps(procs))
 
 
 def story(state: localenv.DemoState, env: dict[str, str]) -> int:
@@ -330,6 +230,8 @@ def story(state: localenv.DemoState, env: dict[str, str]) -> int:
     if phase != "Succeeded":
         run([kubectl, "describe", "citusbackup", backup, "-n", NAMESPACE], env, check=False)
         return 1
+    say("It ran as a Job pod on the node")
+    run([kubectl, "get", "jobs,pods", "-n", NAMESPACE, "-o", "wide"], env)
 
     say("The backup set in the bucket (plain pg_dump archives + manifest)")
     run(["mc", "ls", "--recursive", f"local/{BUCKET}"], env)
@@ -386,7 +288,6 @@ def story(state: localenv.DemoState, env: dict[str, str]) -> int:
 
 
 def down() -> int:
-    stop_demo_processes()
     return localenv.down(STATE_DIR)
 
 

@@ -30,19 +30,23 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
+from localenv import node
 from localenv.binaries import HACK_DIR, binary
-from localenv.kube import LOOPBACK, KubeCluster, KubeInfo
-from localenv.minio import Minio, MinioInfo
-from localenv.postgres import Postgres, PostgresInfo
+from localenv.kube import KubeInfo
+from localenv.minio import MinioInfo
+from localenv.postgres import PostgresInfo
 from localenv.process import ManagedProcess, StartError
+from localenv.stack import NodeStack
 
 REPO = HACK_DIR.parent
 DEFAULT_STATE_DIR = REPO / ".localenv" / "demo"
 STATE_FILE = "state.json"
 # Bumped when the state file's layout changes; older files are not trusted.
-STATE_FORMAT = 1
+STATE_FORMAT = 2
 # Subdirectories holding each service's data; ``down`` removes them.
-DATA_DIRS = ("postgres", "minio", "kube")
+DATA_DIRS = ("postgres", "minio", "kube", "node")
+# The node's processes, stopped in this order after its pods are drained.
+NODE_WORKERS = ("kubelet", "kube-proxy", "kube-scheduler")
 LOG_DIR = "logs"
 # MinIO's default region; S3 clients need one even when the server ignores it.
 S3_REGION = "us-east-1"
@@ -115,6 +119,7 @@ class DemoState:
     postgres: PostgresInfo
     minio: MinioInfo
     kube: KubeInfo
+    node: node.NodeInfo
 
     @property
     def log_dir(self) -> Path:
@@ -132,6 +137,7 @@ class DemoState:
                 "postgres": _dump(self.postgres),
                 "minio": _dump(self.minio),
                 "kube": self.kube.to_dict(),
+                "node": self.node.to_dict(),
             },
             indent=2,
         )
@@ -150,6 +156,7 @@ class DemoState:
                 postgres=_load(PostgresInfo, data["postgres"]),
                 minio=_load(MinioInfo, data["minio"]),
                 kube=KubeInfo.from_dict(data["kube"]),
+                node=node.NodeInfo.from_dict(data["node"]),
             )
         except (OSError, ValueError, KeyError, TypeError):
             return None
@@ -213,11 +220,30 @@ def _stop_record(record: ProcessRecord, grace: float = STOP_GRACE) -> None:
 
 
 def _stop(state: DemoState, out: TextIO) -> None:
-    """Stop the recorded processes (newest first) and delete their data."""
+    """Stop the node (pods drained first), then the other servers; delete their data."""
+    by_name = {record.name: record for record in state.processes}
+    socket = Path(state.node.containerd_socket)
+    containerd = by_name.get("containerd")
+    runtime_up = containerd is not None and containerd.running()
+    kubelet = by_name.get("kubelet")
+    if runtime_up and kubelet is not None and kubelet.running():
+        print("stopping the pods", file=out)
+        node.drain(state.kube, socket)
+    for name in NODE_WORKERS:
+        record = by_name.get(name)
+        if record is not None and record.running():
+            print(f"stopping {name} (pid {record.pid})", file=out)
+            _stop_record(record)
+    if runtime_up:
+        node.remove_containers(socket)
+    stopped = set(NODE_WORKERS)
     for record in reversed(state.processes):
-        if record.running():
+        if record.name not in stopped and record.running():
             print(f"stopping {record.name} (pid {record.pid})", file=out)
             _stop_record(record)
+        if record.name == "containerd":
+            node.cleanup_host()
+    node.bridge_down()
     for name in DATA_DIRS:
         shutil.rmtree(state.state_dir / name, ignore_errors=True)
     (state.state_dir / STATE_FILE).unlink(missing_ok=True)
@@ -227,50 +253,37 @@ def _start(state_dir: Path, out: TextIO) -> DemoState:
     logs = state_dir / LOG_DIR
     shutil.rmtree(logs, ignore_errors=True)
     logs.mkdir(parents=True)
-    postgres = Postgres(state_dir / "postgres", logs, die_with_parent=False)
-    minio = Minio(state_dir / "minio", logs, die_with_parent=False)
-    kube = KubeCluster(state_dir / "kube", logs, die_with_parent=False)
-    components: list[Postgres | Minio | KubeCluster] = []
+    stack = NodeStack(state_dir, logs, owner="make demo", die_with_parent=False, progress=out)
     try:
-        print("starting PostgreSQL ...", file=out)
-        components.append(postgres)
-        pg = postgres.start()
-        print("starting MinIO ...", file=out)
-        components.append(minio)
-        s3 = minio.start()
-        print("starting etcd, kube-apiserver, kube-controller-manager ...", file=out)
-        components.append(kube)
-        k8s = kube.start()
-        assert postgres.process is not None
-        assert minio.process is not None
-        assert kube.etcd is not None
-        etcd, apiserver, controller_manager = kube.processes()
-        records = [
-            ProcessRecord.of(postgres.process, f"{pg.host}:{pg.port}"),
-            ProcessRecord.of(minio.process, f"{s3.url} (console {s3.console_url})"),
-            ProcessRecord.of(etcd, kube.etcd.client_url),
-            ProcessRecord.of(apiserver, k8s.server),
-            ProcessRecord.of(
-                controller_manager, f"https://{LOOPBACK}:{kube.controller_manager_port}/healthz"
-            ),
-        ]
+        info = stack.start()
+        endpoints = {
+            "postgres": f"{info.postgres.host}:{info.postgres.port}",
+            "minio": f"{info.minio.url} (console {info.minio.console_url})",
+            "kube-apiserver": info.kube.server,
+            "containerd": info.node.containerd_socket,
+        }
+        records = [ProcessRecord.of(p, endpoints.get(p.name, "")) for p in stack.processes()]
         state = DemoState(
             state_dir=state_dir,
             started_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             processes=records,
-            postgres=pg,
-            minio=s3,
-            kube=k8s,
+            postgres=info.postgres,
+            minio=info.minio,
+            kube=info.kube,
+            node=info.node,
         )
         state.save()
     except BaseException:
         # Detached children outlive us: a failed or interrupted start must
-        # not leave half an environment running.
-        for component in reversed(components):
-            component.stop()
+        # not leave half an environment running (NodeStack.start stopped
+        # what it had started; this covers a failure after it).
+        stack.stop()
         for name in DATA_DIRS:
             shutil.rmtree(state_dir / name, ignore_errors=True)
         raise
+    finally:
+        if stack.lock is not None:
+            stack.lock.release()
     return state
 
 
@@ -282,8 +295,9 @@ def describe(state: DemoState) -> str:
     return f"""\
 Local environment is up (started {state.started_at}; state in {state.state_dir}).
 
-Kubernetes {kube.version} control plane (etcd, kube-apiserver, kube-controller-manager;
-no scheduler or kubelet: Pods stay Pending)
+Kubernetes {kube.version}: etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+and one real node "{state.node.name}" (kubelet, containerd, runc, kube-proxy;
+pods on {state.node.pod_cidr}, reaching PostgreSQL and MinIO at {state.node.address})
   API server:   {kube.server}
   export KUBECONFIG={shlex.quote(str(kube.kubeconfig))}
   kubectl:      {kube.kubectl}

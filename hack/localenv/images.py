@@ -554,6 +554,9 @@ class DockerDaemon:
         for process in reversed(self.processes):
             process.stop()
         self.processes.clear()
+        # dockerd leaves its default network namespace mounted under exec-root.
+        for point in mounts_under(Path("/proc/self/mounts").read_text(), RUN_DIR):
+            subprocess.run(["umount", "-l", point], capture_output=True, check=False)
 
     def docker(self, *args: str) -> str | None:
         """Output of a short docker query, or None when it fails."""

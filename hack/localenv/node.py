@@ -77,6 +77,8 @@ CNI_BIN_DIR = Path("/usr/lib/cni")
 # sockets (108-byte limit), gone after a reboot like the processes.
 RUN_DIR = Path("/run/citus-backup-operator")
 LOCK_FILE = RUN_DIR / "node.lock"
+# Who started the running node ("make demo", "the e2e tier"), for the refusal message.
+OWNER_FILE = RUN_DIR / "node.owner"
 # containerd's namespace for CRI (kubelet) containers.
 K8S_NAMESPACE = "k8s.io"
 # Seconds the kubelet gets to tear pods down before leftovers are killed.
@@ -142,11 +144,34 @@ class NodeLock:
         handle.write(f"{self.owner}, pid {os.getpid()}\n")
         handle.flush()
         self._file = handle
+        # A detached node (make demo) holds no lock once `up` returns: its
+        # containerd answering on the socket is what says it runs.
+        socket = RUN_DIR / "containerd" / "containerd.sock"
+        if socket.exists() and _answers(socket):
+            holder = OWNER_FILE.read_text().strip() if OWNER_FILE.exists() else "unknown"
+            self.release()
+            raise StartError(
+                f"a local node already runs on this machine (started by {holder}); only one "
+                "can (kube-proxy's chains and the bridge are machine-wide): stop it first, "
+                "e.g. `make demo-down`"
+            )
+        OWNER_FILE.write_text(f"{self.owner}, pid {os.getpid()}\n")
 
     def release(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _answers(socket: Path) -> bool:
+    """Does a containerd answer on ``socket``?"""
+    try:
+        done = subprocess.run(
+            ["ctr", "--address", str(socket), "version"], capture_output=True, check=False
+        )
+    except OSError:
+        return False
+    return done.returncode == 0
 
 
 def lock_holder() -> str | None:
@@ -477,7 +502,7 @@ class LocalNode:
             )
         )
         # Containers of an earlier run that ended without a teardown.
-        self._remove_containers()
+        remove_containers(self.containerd_socket)
 
     def start_kubernetes(self) -> NodeInfo:
         """kube-scheduler, kube-proxy and the kubelet; returns once the Node is Ready."""
@@ -576,56 +601,21 @@ class LocalNode:
 
     # --- teardown ------------------------------------------------------------------
 
-    def _delete_pods(self) -> None:
-        """Ask the kubelet to stop every pod (so it runs CNI DEL), then wait a little."""
-        with contextlib.suppress(Exception):
-            namespaces = self.kube.request("GET", "/api/v1/namespaces")["items"]
-            for ns in namespaces:
-                name = ns["metadata"]["name"]
-                with contextlib.suppress(KubeAPIError):
-                    self.kube.request(
-                        "DELETE",
-                        f"/api/v1/namespaces/{name}/pods?gracePeriodSeconds=0",
-                    )
-        deadline = time.monotonic() + POD_TEARDOWN_TIMEOUT
-        while time.monotonic() < deadline:
-            running = self.ctr("tasks", "ls", "-q", check=False).split()
-            if not running:
-                return
-            time.sleep(0.5)
-
-    def _remove_containers(self) -> None:
-        for task in self.ctr("tasks", "ls", "-q", check=False).split():
-            self.ctr("tasks", "kill", "-s", "SIGKILL", task, check=False)
-            self.ctr("tasks", "rm", "-f", task, check=False)
-        for container in self.ctr("containers", "ls", "-q", check=False).split():
-            self.ctr("containers", "rm", container, check=False)
-
     def stop(self) -> None:
         """Stop pods, the node's processes, kube-proxy's rules; safe to call twice."""
         containerd = self.processes.get("containerd")
-        containerd_up = (
-            containerd is not None
-            and containerd.proc is not None
-            and containerd.proc.poll() is None
-        )
-        if containerd_up and "kubelet" in self.processes:
-            self._delete_pods()
+        proc = None if containerd is None else containerd.proc
+        up = proc is not None and proc.poll() is None
+        if up and "kubelet" in self.processes:
+            drain(self.kube, self.containerd_socket)
         for name in ("kubelet", "kube-proxy", "kube-scheduler"):
             if name in self.processes:
                 self.processes[name].stop()
-        if containerd_up:
-            self._remove_containers()
+        if up:
+            remove_containers(self.containerd_socket)
         if containerd is not None:
             containerd.stop()
-        _cleanup_netns()
-        if "kube-proxy" in self.processes:
-            with contextlib.suppress(StartError):
-                proxy = binaries.binary("kube-proxy", build=False)
-                _run([str(proxy), "--cleanup"], check=False)
-        unmount_under(self.runtime_dir)
-        shutil.rmtree(self.runtime_dir, ignore_errors=True)
-        shutil.rmtree(RUN_DIR / "cni-ipam", ignore_errors=True)
+        cleanup_host(proxy_ran="kube-proxy" in self.processes)
 
     def leftovers(self) -> list[str]:
         found = [
@@ -661,6 +651,48 @@ def unmount_under(root: Path) -> None:
     for point in mounts_below(Path("/proc/mounts").read_text(), root):
         if subprocess.run(["umount", point], capture_output=True, check=False).returncode:
             subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+
+
+def _ctr(socket: Path, *args: str) -> str:
+    return _run(["ctr", "--address", str(socket), "-n", K8S_NAMESPACE, *args], check=False)
+
+
+def drain(kube: KubeInfo, socket: Path, timeout: float = POD_TEARDOWN_TIMEOUT) -> None:
+    """Delete every pod through the API so the kubelet stops their sandboxes itself
+    (CNI DEL, unmounts), then wait until containerd runs no task or ``timeout`` passes."""
+    with contextlib.suppress(Exception):
+        for ns in kube.request("GET", "/api/v1/namespaces")["items"]:
+            name = ns["metadata"]["name"]
+            with contextlib.suppress(KubeAPIError):
+                kube.request("DELETE", f"/api/v1/namespaces/{name}/pods?gracePeriodSeconds=0")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _ctr(socket, "tasks", "ls", "-q").split():
+        time.sleep(0.5)
+
+
+def remove_containers(socket: Path) -> None:
+    """Kill and remove whatever containers are left (the kubelet is gone by now)."""
+    for task in _ctr(socket, "tasks", "ls", "-q").split():
+        _ctr(socket, "tasks", "kill", "-s", "SIGKILL", task)
+        _ctr(socket, "tasks", "rm", "-f", task)
+    for container in _ctr(socket, "containers", "ls", "-q").split():
+        _ctr(socket, "containers", "rm", container)
+
+
+def cleanup_host(*, proxy_ran: bool = True) -> None:
+    """Undo what the node did to the machine: pod netns, CRI mounts, kube-proxy's
+    iptables chains, runtime state. The bridge goes separately (:func:`bridge_down`),
+    after the servers listening on it."""
+    _cleanup_netns()
+    runtime = RUN_DIR / "containerd"
+    unmount_under(runtime)
+    if proxy_ran:
+        with contextlib.suppress(StartError):
+            proxy = binaries.binary("kube-proxy", build=False)
+            _run([str(proxy), "--cleanup"], check=False)
+    shutil.rmtree(runtime, ignore_errors=True)
+    shutil.rmtree(RUN_DIR / "cni-ipam", ignore_errors=True)
+    OWNER_FILE.unlink(missing_ok=True)
 
 
 def _cleanup_netns() -> None:
