@@ -107,6 +107,7 @@ def operator_identity() -> str:
 
 def run(args: argparse.Namespace) -> int:
     import kopf  # noqa: PLC0415
+    from kopf._core.engines.peering import Identity  # noqa: PLC0415 - typed, not re-exported
 
     from citus_backup.clients.events import KopfEvents  # noqa: PLC0415
     from citus_backup.clients.kube import KubeCluster, api_client  # noqa: PLC0415
@@ -141,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
         # kopf's default identity calls getpass.getuser(), which raises when the
         # UID has no passwd entry (any runAsUser an admin picks); the pod's
         # hostname (its name) is what peering needs anyway.
-        identity=operator_identity(),
+        identity=Identity(operator_identity()),
         standalone=args.standalone,
         clusterwide=bool(args.all_namespaces),
         namespaces=args.namespaces or (),

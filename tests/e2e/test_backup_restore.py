@@ -286,8 +286,10 @@ def test_on_demand_backup(cluster: Cluster, story: Story) -> None:
     wait_phase(cluster, "citusbackup", "now-1")
     # The catalogue confirms the set in the bucket (complete manifest) on its own timer.
     eventually(
-        lambda: (c := condition(get(cluster, "citusbackup", "now-1"), "Restorable"))
-        and c["status"] == "True",
+        lambda: (
+            (c := condition(get(cluster, "citusbackup", "now-1"), "Restorable"))
+            and c["status"] == "True"
+        ),
         "now-1 to be Restorable",
         120,
     )
