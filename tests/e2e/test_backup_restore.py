@@ -166,6 +166,9 @@ def test_operator_runs_from_manifests(cluster: Cluster, story: Story) -> None:
     container = pod["spec"]["containers"][0]
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    name = pod["metadata"]["name"]
+    uid = cluster.kubectl("exec", "-n", OPERATOR_NS, name, "--", "id", "-un")
+    assert uid.stdout.strip() == "nonroot"  # 65532, with a passwd entry (kopf, libpq)
     eventually(
         # In-cluster configuration works: it authenticated through the
         # `kubernetes` Service with its ServiceAccount token.
