@@ -4,7 +4,10 @@ The same image runs the operator (``citus-backup operator``) and the Jobs it
 creates (``citus-backup backup`` / ``restore``), so both are subcommands of one
 entry point. Each subcommand lives in its own module exposing
 ``register(subparsers)``; modules keep heavy imports (kopf, the Kubernetes
-client) inside functions so that the runner in a Job pod starts fast.
+client) inside functions so that the runner in a Job pod starts fast. For the
+same reason a command named first on the command line (``citus-backup backup
+...``) imports only the module that registers it (:data:`COMMANDS`); top-level
+help, an unknown command or a command missing from that table import them all.
 """
 
 from __future__ import annotations
@@ -25,15 +28,31 @@ SUBCOMMAND_MODULES = (
     "citus_backup.specs.lifecycle_cli",  # lifecycle-rules
 )
 
+#: Command -> the module (of SUBCOMMAND_MODULES) that registers it. Only a
+#: shortcut: a command missing here still works (every module is imported);
+#: a unit test keeps it in step with what the modules register.
+COMMANDS = {
+    "backup": "citus_backup.runner.cli",
+    "restore": "citus_backup.runner.cli",
+    "list": "citus_backup.runner.cli",
+    "protect": "citus_backup.runner.cli",
+    "operator": "citus_backup.operator_main",
+    "crds": "citus_backup.api.crdgen",
+    "lifecycle-rules": "citus_backup.specs.lifecycle_cli",
+}
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; given the command line, only with the subcommands it can need."""
+    command = argv[0] if argv else None
+    modules = (COMMANDS[command],) if command in COMMANDS else SUBCOMMAND_MODULES
     parser = argparse.ArgumentParser(
         prog="citus-backup",
         description="Back up a Citus (PostgreSQL) cluster into S3/MinIO and restore it.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in SUBCOMMAND_MODULES:
+    for name in modules:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -45,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result

@@ -1,4 +1,4 @@
-"""Streaming multipart uploads (against a fake) and S3 error translation."""
+"""Streaming multipart uploads (:mod:`.upload`, against a fake) and S3 error translation."""
 
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ from citus_backup.runner.s3 import (
     ObjectRead,
     RangedRead,
     S3Store,
-    StreamUploader,
     make_client,
     translate,
 )
+from citus_backup.runner.upload import StreamUploader
 
 MiB = 1024 * 1024
 

@@ -19,6 +19,17 @@ Compared with ``pg_dump > file; aws s3 cp; rm`` this:
   upload is aborted), stops everything at the first failure, and writes
   ``manifest.json`` last, so a set is complete exactly when it has one;
 * places the finished set under further tiers by server-side copy.
+
+Start-up order: the pg_dumps are the long pole, so the only work before the
+first one starts is the catalog query that says which databases to dump (and
+each database's snapshot). The S3 side — importing the SDK, the bucket check,
+the check that no complete set of this id exists, the ``started.json`` PUT —
+and the per-database metadata queries run while the dumps are already
+producing. Uploads wait for the S3 side (:class:`_S3Gate`): nothing is
+written to S3 before those checks succeeded, and if one fails the dumps are
+killed and the run fails with the check's error, exactly as if it had come
+first. Heavy modules (the minio SDK, the pydantic manifest models) are
+therefore imported where they are first needed, not at the top.
 """
 
 from __future__ import annotations
@@ -29,33 +40,36 @@ import logging
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import psycopg
 
 from citus_backup import __version__
 from citus_backup.errors import CitusBackupError, PermanentError
 from citus_backup.runner import layout, pg
-from citus_backup.runner.citus import CITUS_TABLES_QUERY, DIST_NODE_QUERY, citus_metadata
 from citus_backup.runner.config import PgConfig, S3Config
-from citus_backup.runner.manifest import (
-    CitusMetadata,
-    DatabaseEntry,
-    DatabaseProperties,
-    Manifest,
-    ObjectInfo,
-    TocSummary,
-)
 from citus_backup.runner.partsize import DEFAULT_INITIAL_PART_SIZE, PartSchedule
 from citus_backup.runner.progress import DEFAULT_INTERVAL, Progress
-from citus_backup.runner.protect import protect
-from citus_backup.runner.s3 import Cancelled, S3Store, StreamUploader
 from citus_backup.runner.selection import default_jobs, quote_name, select_databases
 from citus_backup.runner.summary import RunSummary
-from citus_backup.runner.toc import TocParser
+from citus_backup.runner.upload import Cancelled, MultipartTarget, StreamUploader
+
+if TYPE_CHECKING:
+    # Imported where used (see the module docstring): minio ~0.1 s, pydantic
+    # ~50 ms, which the first pg_dump should not wait for.
+    from citus_backup.runner.manifest import (
+        CitusMetadata,
+        DatabaseEntry,
+        Manifest,
+        ObjectInfo,
+        TocSummary,
+    )
+    from citus_backup.runner.s3 import S3Store
+    from citus_backup.runner.toc import TocParser
 
 log = logging.getLogger("citus_backup.runner")
 
@@ -87,8 +101,33 @@ class BackupOptions:
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
 
+#: How long the S3 set-up waits for the first pg_dumps to start (see
+#: :meth:`_Backup.run`); past it, it goes ahead anyway.
+FIRST_DUMPS_WAIT = 0.5
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+class _Countdown:
+    """An event that is set after ``count`` calls of :meth:`tick`."""
+
+    def __init__(self, count: int) -> None:
+        self._left = count
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        if count <= 0:
+            self._done.set()
+
+    def tick(self) -> None:
+        with self._lock:
+            self._left -= 1
+            if self._left <= 0:
+                self._done.set()
+
+    def wait(self, timeout: float) -> bool:
+        return self._done.wait(timeout)
 
 
 class TocReader:
@@ -135,54 +174,119 @@ class TocReader:
         self._children.done(self._child)
 
 
+class _S3Gate:
+    """The run's S3 store, handed out once the S3 side is known to be ready.
+
+    The dumps start before the bucket has been checked; their uploads ask
+    here for the store and wait until :meth:`open` (bucket reachable, no
+    complete set with this id, ``started.json`` written). If the run is
+    cancelled first (a check failed, SIGTERM), waiters raise
+    :class:`~citus_backup.runner.upload.Cancelled` instead, so nothing is
+    written to S3 by a run whose checks did not pass.
+    """
+
+    def __init__(self, cancelled: threading.Event) -> None:
+        self._ready = threading.Event()
+        self._cancelled = cancelled
+        self._store: S3Store | None = None
+
+    def open(self, store: S3Store) -> None:
+        self._store = store
+        self._ready.set()
+
+    def store(self) -> S3Store:
+        while not self._ready.wait(0.05):
+            if self._cancelled.is_set():
+                raise Cancelled("stopped: the run is being cancelled")
+        assert self._store is not None
+        return self._store
+
+
+class _GatedTarget(MultipartTarget):
+    """The upload target of the dumps: the store, once the gate is open."""
+
+    def __init__(self, gate: _S3Gate) -> None:
+        self._gate = gate
+
+    def put_bytes(
+        self, key: str, data: bytes | bytearray, content_type: str = "application/octet-stream"
+    ) -> str:
+        return self._gate.store().put_bytes(key, data, content_type)
+
+    def create_multipart(self, key: str, content_type: str) -> str:
+        return self._gate.store().create_multipart(key, content_type)
+
+    def upload_part(self, key: str, upload_id: str, part_number: int, data: bytearray) -> str:
+        return self._gate.store().upload_part(key, upload_id, part_number, data)
+
+    def complete_multipart(self, key: str, upload_id: str, etags: list[tuple[int, str]]) -> None:
+        self._gate.store().complete_multipart(key, upload_id, etags)
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        self._gate.store().abort_multipart(key, upload_id)
+
+
 class _Backup:
     def __init__(
-        self, pg_config: PgConfig, store: S3Store, options: BackupOptions, summary: RunSummary
+        self,
+        pg_config: PgConfig,
+        s3_config: S3Config,
+        make_store: Callable[[], S3Store],
+        options: BackupOptions,
+        summary: RunSummary,
     ) -> None:
         self.pg_config = pg_config
         self.pg = pg.Pg(pg_config)
         self.env = pg_config.child_env()
-        self.store = store
+        self.s3_config = s3_config
+        self.make_store = make_store
         self.options = options
         self.summary = summary
         self.children = pg.Children()
+        self.gate = _S3Gate(self.children.cancelled)
+        #: Ticked by each dump worker once its pg_dump started (or it failed
+        #: before); :meth:`run` sets the count to the first wave of dumps.
+        self.dumps_started = _Countdown(0)
         self.progress = Progress("backup", options.progress_interval)
         self.schedule = PartSchedule(options.part_size)
 
     # ---------------------------------------------------------- streaming
+    def _start(self, argv: list[str]) -> pg.Child:
+        return self.children.start(
+            argv, self.env, stdout=subprocess.PIPE, label=argv[0].rsplit("/", 1)[-1]
+        )
+
     def _stream(
         self,
         *,
+        child: pg.Child,
         uploader: StreamUploader,
         key: str,
-        argv: list[str],
         label: str,
         what: str,
         toc: TocReader | None,
         content_type: str = "application/octet-stream",
     ) -> tuple[ObjectInfo, TocSummary | None]:
+        """Upload ``child``'s stdout to ``key``; the child is stopped if anything fails."""
         hasher = hashlib.sha256()
-        counter = self.progress.track(label)
-        child = self.children.start(
-            argv, self.env, stdout=subprocess.PIPE, label=argv[0].rsplit("/", 1)[-1]
-        )
         toc_summary: list[TocSummary] = []
-
-        def on_data(chunk: memoryview) -> None:
-            hasher.update(chunk)
-            counter.add(len(chunk))
-            if toc is not None:
-                toc.feed(chunk)
-
-        def before_complete() -> None:
-            if self.children.cancelled.is_set():
-                raise Cancelled("stopped: the run is being cancelled")
-            if child.wait() != 0:
-                raise child.failure(what)
-            if toc is not None:
-                toc_summary.append(toc.finish(what))
-
         try:
+            counter = self.progress.track(label)
+
+            def on_data(chunk: memoryview) -> None:
+                hasher.update(chunk)
+                counter.add(len(chunk))
+                if toc is not None:
+                    toc.feed(chunk)
+
+            def before_complete() -> None:
+                if self.children.cancelled.is_set():
+                    raise Cancelled("stopped: the run is being cancelled")
+                if child.wait() != 0:
+                    raise child.failure(what)
+                if toc is not None:
+                    toc_summary.append(toc.finish(what))
+
             result = uploader.upload(
                 key, child.readinto, on_data, content_type, before_complete=before_complete
             )
@@ -194,6 +298,8 @@ class _Backup:
         finally:
             self.children.done(child)
         self.progress.finish(counter)
+        from citus_backup.runner.manifest import ObjectInfo  # noqa: PLC0415 (lazy: module doc)
+
         name = key.rsplit("/", 1)[-1]
         info = ObjectInfo(name=name, size=result.size, sha256=hasher.hexdigest())
         return info, (toc_summary[0] if toc_summary else None)
@@ -209,9 +315,9 @@ class _Backup:
         if not self.options.role_passwords:
             argv.append("--no-role-passwords")
         info, _ = self._stream(
+            child=self._start(argv),
             uploader=uploader,
             key=location.key(layout.GLOBALS_NAME),
-            argv=argv,
             label="globals",
             what="pg_dumpall --globals-only",
             toc=None,
@@ -224,32 +330,70 @@ class _Backup:
         uploader: StreamUploader,
         location: layout.SetLocation,
         name: str,
-        props: DatabaseProperties,
+        server: pg.ServerInfo,
     ) -> DatabaseEntry:
+        ticked = False
+
+        def pg_dump_started() -> None:
+            nonlocal ticked
+            if not ticked:
+                ticked = True
+                self.dumps_started.tick()
+
+        try:
+            return self._dump_database(uploader, location, name, server, pg_dump_started)
+        finally:
+            pg_dump_started()  # also when it failed before
+
+    def _dump_database(
+        self,
+        uploader: StreamUploader,
+        location: layout.SetLocation,
+        name: str,
+        server: pg.ServerInfo,
+        pg_dump_started: Callable[[], None],
+    ) -> DatabaseEntry:
+        if self.children.cancelled.is_set():  # queued behind the first dumps
+            raise Cancelled("stopped: the run is being cancelled")
         shown = quote_name(name)
         started = _now()
         with self.pg.session(name, autocommit=False) as conn:
             snapshot = self._export_snapshot(conn, shown)
-            exts = pg.extensions(conn)
-            schemas, roles = pg.schemas_and_roles(conn)
-            citus = self._citus(conn, shown, {e.name: e.version for e in exts})
             argv = [pg.tool("pg_dump"), "-Fc", f"--compress={self.options.compress}", "-w"]
             if snapshot:
                 argv += ["--snapshot", snapshot]
             if self.options.lock_wait_timeout:
                 argv += ["--lock-wait-timeout", self.options.lock_wait_timeout]
             argv += ["-d", self.pg_config.conninfo(name)]
-            toc = TocReader(self.children, self.env, TocParser(schemas, roles))
+            # pg_dump first: it is the long pole. Its output waits in the pipe
+            # while the metadata is read, in the snapshot pg_dump uses (the
+            # database's properties included: pg_database is read in it too).
+            child = self._start(argv)
+            pg_dump_started()
+            try:
+                props = pg.database_properties(conn, name, server.version_num)
+                exts = pg.extensions(conn)
+                schemas, roles = pg.schemas_and_roles(conn)
+                citus = self._citus(conn, shown, {e.name: e.version for e in exts})
+                from citus_backup.runner.toc import TocParser  # noqa: PLC0415 (lazy: module doc)
+
+                toc = TocReader(self.children, self.env, TocParser(schemas, roles))
+            except BaseException:
+                child.terminate()
+                self.children.done(child)
+                raise
             info, toc_summary = self._stream(
+                child=child,
                 uploader=uploader,
                 key=location.key(layout.dump_object_name(name)),
-                argv=argv,
                 label=shown,
                 what=f"pg_dump of database {shown}",
                 toc=toc,
             )
             conn.rollback()
         assert toc_summary is not None
+        from citus_backup.runner.manifest import DatabaseEntry  # noqa: PLC0415 (lazy: module doc)
+
         return DatabaseEntry(
             name=name,
             object=info,
@@ -283,10 +427,12 @@ class _Backup:
     ) -> CitusMetadata | None:
         if "citus" not in extensions:
             return None
+        from citus_backup.runner import citus  # noqa: PLC0415 (lazy: module doc)
+
         with pg.errors_as(f"read Citus metadata of database {shown}"):
-            tables = pg.rows_as_dicts(conn, CITUS_TABLES_QUERY)
-            nodes = pg.rows_as_dicts(conn, DIST_NODE_QUERY)
-        return citus_metadata(extensions["citus"], tables, nodes)
+            tables = pg.rows_as_dicts(conn, citus.CITUS_TABLES_QUERY)
+            nodes = pg.rows_as_dicts(conn, citus.DIST_NODE_QUERY)
+        return citus.citus_metadata(extensions["citus"], tables, nodes)
 
     # ---------------------------------------------------------------- run
     def run(self) -> Manifest:
@@ -295,27 +441,18 @@ class _Backup:
         backup_id = layout.validate_backup_id(options.backup_id or layout.new_backup_id(started))
         tier = layout.validate_tier(options.tier)
         also = [layout.validate_tier(t) for t in dict.fromkeys(options.also_tiers) if t != tier]
-        location = layout.make_location(self.store.config.prefix, tier, backup_id)
+        tiers = [tier, *also]
+        bucket = self.s3_config.bucket
+        location = layout.make_location(self.s3_config.prefix, tier, backup_id)
         self.summary.backup_id = backup_id
-        self.summary.location = location.url(self.store.bucket)
-        self.summary.tiers = [tier, *also]
+        self.summary.location = location.url(bucket)
+        self.summary.tiers = tiers
 
+        for tool in ("pg_dump", "pg_dumpall", "pg_restore"):
+            pg.tool(tool)
         with self.pg.session(self.pg_config.maintenance_db) as conn:
             server = pg.server_info(conn)
             names = select_databases(pg.list_databases(conn), options.include, options.exclude)
-            props = {name: pg.database_properties(conn, name, server.version_num) for name in names}
-        pg_dump_version = pg.tool_version("pg_dump")
-        for tool in ("pg_dumpall", "pg_restore"):
-            pg.tool(tool)
-
-        self.store.check_bucket(create=options.create_bucket)
-        for t in [tier, *also]:
-            if self.store.stat(location.in_tier(t).key(layout.MANIFEST_NAME)) is not None:
-                raise PermanentError(
-                    f"backup set {location.in_tier(t).url(self.store.bucket)} already exists "
-                    "and is complete; choose another --backup-id",
-                    reason="BackupExists",
-                )
         jobs = options.jobs or default_jobs(options.cpus, len(names))
         log.info(
             "backup %s: %d database(s) from %s with %d job(s) to %s",
@@ -323,21 +460,16 @@ class _Backup:
             len(names),
             self.pg.where,
             jobs,
-            location.url(self.store.bucket),
+            location.url(bucket),
         )
         started_doc = {
             "backupId": backup_id,
             "tier": tier,
-            "tiers": [tier, *also],
+            "tiers": tiers,
             "startedAt": started.isoformat().replace("+00:00", "Z"),
             "toolVersion": __version__,
             "databases": names,
         }
-        self.store.put_bytes(
-            location.key(layout.STARTED_NAME),
-            json.dumps(started_doc, ensure_ascii=False).encode(),
-            "application/json",
-        )
 
         entries: dict[str, DatabaseEntry] = {}
         globals_info: ObjectInfo | None = None
@@ -347,7 +479,7 @@ class _Backup:
             self.progress,
         ):
             uploader = StreamUploader(
-                self.store,
+                _GatedTarget(self.gate),
                 upload_pool,
                 self.schedule,
                 options.max_inflight,
@@ -358,15 +490,22 @@ class _Backup:
                 budget=threading.BoundedSemaphore(2 * jobs + 1),
             )
             try:
-                # The databases first: they are the long pole. The small globals
-                # dump runs meanwhile on this thread (it takes the budget's spare
-                # buffer), instead of delaying the first pg_dump.
+                # The databases first: they are the long pole. Their uploads
+                # wait for the gate, which opens once the S3 side is ready.
+                self.dumps_started = _Countdown(min(jobs, len(names)))
                 futures: dict[Future[DatabaseEntry], str] = {
-                    dump_pool.submit(
-                        self.dump_database, uploader, location, name, props[name]
-                    ): name
+                    dump_pool.submit(self.dump_database, uploader, location, name, server): name
                     for name in names
                 }
+                # The S3 set-up (~0.1 s of CPU, mostly importing the SDK) would
+                # slow the first dumps' connections down (the GIL): let them
+                # start their pg_dumps first.
+                self.dumps_started.wait(FIRST_DUMPS_WAIT)
+                store = self._prepare_store(location, tiers, started_doc)
+                self.gate.open(store)
+                pg_dump_version = pg.tool_version("pg_dump")
+                # The small globals dump runs meanwhile on this thread (it
+                # takes the budget's spare buffer).
                 if options.globals:
                     globals_info = self.dump_globals(uploader, location)
                 self._wait(futures)
@@ -376,10 +515,12 @@ class _Backup:
                 self.children.cancel()
                 raise
 
+        from citus_backup.runner.manifest import Manifest  # noqa: PLC0415 (lazy: module doc)
+
         manifest = Manifest(
             backup_id=backup_id,
             tier=tier,
-            tiers=(tier, *also),
+            tiers=tuple(tiers),
             started_at=started,
             finished_at=options.now(),
             tool_version=__version__,
@@ -394,22 +535,43 @@ class _Backup:
         self.summary.total_size = manifest.total_size
         if globals_info is not None:
             self.summary.extra["globalsSize"] = globals_info.size
-        self.store.put_bytes(
-            location.key(layout.MANIFEST_NAME), manifest.to_json(), "application/json"
-        )
-        log.info("backup %s complete: %s", backup_id, location.url(self.store.bucket))
+        store.put_bytes(location.key(layout.MANIFEST_NAME), manifest.to_json(), "application/json")
+        log.info("backup %s complete: %s", backup_id, location.url(bucket))
         for t in also:
-            self.copy_to_tier(location, manifest, t)
+            self.copy_to_tier(store, location, manifest, t)
         if options.keep_newest:
-            self._protect(backup_id, [tier, *also])
+            self._protect(store, backup_id, tiers)
         return manifest
 
-    def _protect(self, backup_id: str, tiers: list[str]) -> None:
+    def _prepare_store(
+        self, location: layout.SetLocation, tiers: list[str], started_doc: Mapping[str, object]
+    ) -> S3Store:
+        """The S3 side, while the first dumps run: the store (importing the SDK),
+        the bucket check, no complete set of this id in any tier, ``started.json``."""
+        store = self.make_store()
+        store.check_bucket(create=self.options.create_bucket)
+        for t in tiers:
+            if store.stat(location.in_tier(t).key(layout.MANIFEST_NAME)) is not None:
+                raise PermanentError(
+                    f"backup set {location.in_tier(t).url(store.bucket)} already exists "
+                    "and is complete; choose another --backup-id",
+                    reason="BackupExists",
+                )
+        store.put_bytes(
+            location.key(layout.STARTED_NAME),
+            json.dumps(started_doc, ensure_ascii=False).encode(),
+            "application/json",
+        )
+        return store
+
+    def _protect(self, store: S3Store, backup_id: str, tiers: list[str]) -> None:
         """Move protection to this set. The set is complete and restorable whatever
         happens here, so an S3 error is a warning (``summary.extra``), not a failure:
         the previously protected set stays untagged until a later run succeeds."""
+        from citus_backup.runner.protect import protect  # noqa: PLC0415 (lazy: module doc)
+
         try:
-            protect(self.store, self.store.config.prefix, backup_id, tiers)
+            protect(store, store.config.prefix, backup_id, tiers)
             self.summary.extra["protected"] = True
         except CitusBackupError as exc:
             self.summary.extra["protected"] = False
@@ -427,7 +589,9 @@ class _Backup:
                     wait(pending)
                     raise error
 
-    def copy_to_tier(self, location: layout.SetLocation, manifest: Manifest, tier: str) -> None:
+    def copy_to_tier(
+        self, store: S3Store, location: layout.SetLocation, manifest: Manifest, tier: str
+    ) -> None:
         """Server-side copy of the set to ``tier``; its manifest is copied last."""
         target = location.in_tier(tier)
         objects: list[tuple[str, int]] = [(layout.STARTED_NAME, 0)]
@@ -435,13 +599,13 @@ class _Backup:
             objects.append((manifest.globals.name, manifest.globals.size))
         objects += [(e.object.name, e.object.size) for e in manifest.databases]
         for name, size in objects:
-            self.store.copy(location.key(name), target.key(name), size)
-        self.store.copy(location.key(layout.MANIFEST_NAME), target.key(layout.MANIFEST_NAME), 0)
+            store.copy(location.key(name), target.key(name), size)
+        store.copy(location.key(layout.MANIFEST_NAME), target.key(layout.MANIFEST_NAME), 0)
         log.info(
             "backup %s copied to tier %s: %s",
             manifest.backup_id,
             tier,
-            target.url(self.store.bucket),
+            target.url(store.bucket),
         )
 
 
@@ -454,9 +618,16 @@ def run_backup(
 ) -> Manifest:
     """Run one backup; raises :class:`~citus_backup.errors.CitusBackupError` on failure."""
     jobs = options.jobs or options.cpus
-    store = store or S3Store(s3_config, max_connections=jobs * options.max_inflight + 4)
+
+    def make_store() -> S3Store:
+        if store is not None:
+            return store
+        from citus_backup.runner import s3  # noqa: PLC0415 (lazy: module doc)
+
+        return s3.S3Store(s3_config, max_connections=jobs * options.max_inflight + 4)
+
     started = time.monotonic()
     try:
-        return _Backup(pg_config, store, options, summary).run()
+        return _Backup(pg_config, s3_config, make_store, options, summary).run()
     finally:
         summary.duration_seconds = time.monotonic() - started

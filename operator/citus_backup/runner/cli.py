@@ -10,6 +10,11 @@ temporary databases dropped before the process exits.
 
 Secrets are never flags: PGPASSWORD / PGPASSFILE and S3_ACCESS_KEY_ID /
 S3_SECRET_ACCESS_KEY (or AWS_*) come from the environment only.
+
+Only :mod:`.backup` is imported up front (it keeps the minio SDK and the
+pydantic models out of its own imports, see there); ``restore``, ``list`` and
+``protect`` import their modules when they run, so that a backup Job does not
+pay for them before its first pg_dump.
 """
 
 from __future__ import annotations
@@ -30,12 +35,8 @@ from citus_backup.runner import layout
 from citus_backup.runner.backup import DEFAULT_COMPRESS, BackupOptions, run_backup
 from citus_backup.runner.config import PgConfig, S3Config, pg_config, s3_config
 from citus_backup.runner.layout import parse_location
-from citus_backup.runner.listing import list_sets, render_json, render_table
 from citus_backup.runner.partsize import MiB, PartSchedule
 from citus_backup.runner.progress import DEFAULT_INTERVAL
-from citus_backup.runner.protect import protect
-from citus_backup.runner.restore import RestoreOptions, parse_table, run_restore
-from citus_backup.runner.s3 import S3Store
 from citus_backup.runner.selection import effective_cpus
 from citus_backup.runner.summary import RunSummary, termination_message
 
@@ -448,6 +449,12 @@ def _backup(args: argparse.Namespace) -> int:
 
 def _restore(args: argparse.Namespace) -> int:
     def body(summary: RunSummary) -> None:
+        from citus_backup.runner.restore import (  # noqa: PLC0415 (lazy: module doc)
+            RestoreOptions,
+            parse_table,
+            run_restore,
+        )
+
         if args.location and args.location.startswith("s3://"):
             # An s3://bucket/... location names its bucket.
             args.bucket = parse_location(args.location)[0]
@@ -476,6 +483,9 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 def _protect(args: argparse.Namespace) -> int:
+    from citus_backup.runner.protect import protect  # noqa: PLC0415 (lazy: module doc)
+    from citus_backup.runner.s3 import S3Store  # noqa: PLC0415
+
     handler = _setup_logging()
     try:
         s3 = _s3_config(args)
@@ -493,6 +503,13 @@ def _protect(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from citus_backup.runner.listing import (  # noqa: PLC0415 (lazy: module doc)
+        list_sets,
+        render_json,
+        render_table,
+    )
+    from citus_backup.runner.s3 import S3Store  # noqa: PLC0415
+
     handler = _setup_logging()
     try:
         s3 = _s3_config(args)

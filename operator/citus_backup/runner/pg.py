@@ -33,7 +33,7 @@ import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO, Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import psycopg
 from psycopg import sql
@@ -42,8 +42,12 @@ from psycopg.rows import dict_row
 
 from citus_backup.errors import CitusBackupError, PermanentError, TransientError
 from citus_backup.runner.config import PgConfig
-from citus_backup.runner.manifest import AclItem, DatabaseProperties, Extension, RoleSetting
 from citus_backup.runner.selection import quote_name
+
+if TYPE_CHECKING:
+    # Imported where used: pydantic costs ~50 ms that a backup should not
+    # spend before its first pg_dump has started.
+    from citus_backup.runner.manifest import DatabaseProperties, Extension
 
 log = logging.getLogger("citus_backup.runner")
 
@@ -256,6 +260,12 @@ _PROVIDERS = {"c": "libc", "i": "icu", "b": "builtin"}
 
 
 def database_properties(conn: Connection, name: str, version_num: int) -> DatabaseProperties:
+    from citus_backup.runner.manifest import (  # noqa: PLC0415 (lazy: see the imports)
+        AclItem,
+        DatabaseProperties,
+        RoleSetting,
+    )
+
     with errors_as(f"read properties of database {quote_name(name)}"):
         cur = conn.cursor(row_factory=dict_row)
         row = cur.execute(_props_query(version_num), (name,)).fetchone()
@@ -309,6 +319,8 @@ def database_properties(conn: Connection, name: str, version_num: int) -> Databa
 
 
 def extensions(conn: Connection) -> list[Extension]:
+    from citus_backup.runner.manifest import Extension  # noqa: PLC0415 (lazy: see the imports)
+
     with errors_as("list extensions"):
         rows = conn.execute(
             "SELECT e.extname, e.extversion, n.nspname FROM pg_extension e"

@@ -52,9 +52,10 @@ from citus_backup.runner import dbprops, layout, listing, pg
 from citus_backup.runner.config import PgConfig, S3Config
 from citus_backup.runner.manifest import DatabaseEntry, Manifest
 from citus_backup.runner.progress import DEFAULT_INTERVAL, Counter, Progress
-from citus_backup.runner.s3 import Cancelled, RangedRead, S3Store
+from citus_backup.runner.s3 import RangedRead, S3Store
 from citus_backup.runner.selection import default_jobs, quote_name
 from citus_backup.runner.summary import RunSummary
+from citus_backup.runner.upload import Cancelled
 
 log = logging.getLogger("citus_backup.runner")
 
