@@ -276,8 +276,12 @@ def test_certificates_carry_the_names_and_identities_components_need(tmp_path: P
     manager = load(pki.controller_manager.cert).subject
     cn = manager.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
     assert cn == "system:kube-controller-manager"
+    kubelet_client = load(pki.apiserver_kubelet_client.cert).subject
+    assert kubelet_client.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == (
+        "system:masters"
+    )
     keys = [*pki.directory.glob("*.key")]
-    assert len(keys) == 10
+    assert len(keys) == 11
     assert {k.stat().st_mode & 0o777 for k in keys} == {0o600}
 
 
