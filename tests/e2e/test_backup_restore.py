@@ -367,8 +367,15 @@ def test_lifecycle_rules_match_policy(cluster: Cluster, story: Story) -> None:
         assert rule.rule_filter.and_operator.prefix == f"{PREFIX}/{tier}/"
         assert rule.rule_filter.and_operator.tags == {"citusbackup.io/expirable": "true"}
     assert FOREIGN_RULE_ID in rules
-    policy = get(cluster, "citusbackuppolicy", POLICY)
-    assert condition(policy, "LifecycleInSync")["status"] == "True"
+    # The condition is written right after the rules: allow that moment.
+    eventually(
+        lambda: (
+            (c := condition(get(cluster, "citusbackuppolicy", POLICY), "LifecycleInSync"))
+            and c["status"] == "True"
+        ),
+        "LifecycleInSync=True",
+        30,
+    )
 
 
 def test_delete_policy_keeps_backups(cluster: Cluster, story: Story) -> None:
