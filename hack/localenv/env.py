@@ -242,7 +242,7 @@ def _stop(state: DemoState, out: TextIO) -> None:
             print(f"stopping {record.name} (pid {record.pid})", file=out)
             _stop_record(record)
         if record.name == "containerd":
-            node.cleanup_host()
+            node.cleanup_host(kubelet_dir=state.state_dir / "node" / "kubelet")
     node.bridge_down()
     for name in DATA_DIRS:
         shutil.rmtree(state.state_dir / name, ignore_errors=True)

@@ -429,6 +429,11 @@ class LocalNode:
         return RUN_DIR / "containerd"
 
     @property
+    def kubelet_dir(self) -> Path:
+        """The kubelet's --root-dir (pod volumes are mounted below it)."""
+        return self.base_dir / "kubelet"
+
+    @property
     def containerd_socket(self) -> Path:
         return self.runtime_dir / "containerd.sock"
 
@@ -574,7 +579,7 @@ class LocalNode:
                 healthz_port=healthz,
             ),
         )
-        root = self.base_dir / "kubelet"
+        root = self.kubelet_dir
         process = self._process(
             "kubelet",
             [
@@ -615,7 +620,7 @@ class LocalNode:
             remove_containers(self.containerd_socket)
         if containerd is not None:
             containerd.stop()
-        cleanup_host(proxy_ran="kube-proxy" in self.processes)
+        cleanup_host(kubelet_dir=self.kubelet_dir, proxy_ran="kube-proxy" in self.processes)
 
     def leftovers(self) -> list[str]:
         found = [
@@ -627,8 +632,9 @@ class LocalNode:
             ["pgrep", "-f", f"containerd-shim.*-address {self.containerd_socket}"], check=False
         )
         found += [f"containerd shim pid {pid} still running" for pid in shims.split()]
-        mounts = mounts_below(Path("/proc/mounts").read_text(), self.runtime_dir)
-        found += [f"{point} still mounted" for point in mounts]
+        mounts = Path("/proc/mounts").read_text()
+        for root in (self.runtime_dir, self.base_dir):
+            found += [f"{point} still mounted" for point in mounts_below(mounts, root)]
         return found
 
 
@@ -679,10 +685,14 @@ def remove_containers(socket: Path) -> None:
         _ctr(socket, "containers", "rm", container)
 
 
-def cleanup_host(*, proxy_ran: bool = True) -> None:
-    """Undo what the node did to the machine: pod netns, CRI mounts, kube-proxy's
-    iptables chains, runtime state. The bridge goes separately (:func:`bridge_down`),
-    after the servers listening on it."""
+def cleanup_host(*, kubelet_dir: Path | None = None, proxy_ran: bool = True) -> None:
+    """Undo what the node did to the machine: pod netns, CRI mounts, the kubelet's
+    mounts (its root dir, which it bind-mounts onto itself, and pod volumes such as
+    the projected ServiceAccount token tmpfs), kube-proxy's iptables chains, runtime
+    state. The bridge goes separately (:func:`bridge_down`), after the servers
+    listening on it."""
+    if kubelet_dir is not None:
+        unmount_under(kubelet_dir)
     _cleanup_netns()
     runtime = RUN_DIR / "containerd"
     unmount_under(runtime)
