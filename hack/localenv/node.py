@@ -174,22 +174,6 @@ def _answers(socket: Path) -> bool:
     return done.returncode == 0
 
 
-def lock_holder() -> str | None:
-    """Who holds the node lock now (None: nobody)."""
-    try:
-        handle = LOCK_FILE.open("a+")
-    except OSError:
-        return None
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            return handle.read().strip() or "unknown"
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return None
-
-
 # --- the bridge ------------------------------------------------------------------
 
 
@@ -463,12 +447,6 @@ class LocalNode:
             ca_cert=self.pki.ca.cert,
             user_name=cn,
             user=_cert_user(pair),
-        )
-
-    def ctr(self, *args: str, check: bool = True) -> str:
-        return _run(
-            ["ctr", "--address", str(self.containerd_socket), "-n", K8S_NAMESPACE, *args],
-            check=check,
         )
 
     def start_runtime(self) -> None:
