@@ -45,8 +45,6 @@ STATE_FILE = "state.json"
 STATE_FORMAT = 2
 # Subdirectories holding each service's data; ``down`` removes them.
 DATA_DIRS = ("postgres", "minio", "kube", "node")
-# The node's processes, stopped in this order after its pods are drained.
-NODE_WORKERS = ("kubelet", "kube-proxy", "kube-scheduler")
 LOG_DIR = "logs"
 # MinIO's default region; S3 clients need one even when the server ignores it.
 S3_REGION = "us-east-1"
@@ -222,27 +220,26 @@ def _stop_record(record: ProcessRecord, grace: float = STOP_GRACE) -> None:
 def _stop(state: DemoState, out: TextIO) -> None:
     """Stop the node (pods drained first), then the other servers; delete their data."""
     by_name = {record.name: record for record in state.processes}
-    socket = Path(state.node.containerd_socket)
-    containerd = by_name.get("containerd")
-    runtime_up = containerd is not None and containerd.running()
-    kubelet = by_name.get("kubelet")
-    if runtime_up and kubelet is not None and kubelet.running():
-        print("stopping the pods", file=out)
-        node.drain(state.kube, socket)
-    for name in NODE_WORKERS:
+
+    def running(name: str) -> bool:
         record = by_name.get(name)
-        if record is not None and record.running():
+        return record is not None and record.running()
+
+    def stop(name: str) -> None:
+        if running(name):
+            record = by_name[name]
             print(f"stopping {name} (pid {record.pid})", file=out)
             _stop_record(record)
-    if runtime_up:
-        node.remove_containers(socket)
-    stopped = set(NODE_WORKERS)
+
+    node.teardown(
+        state.kube,
+        Path(state.node.containerd_socket),
+        state.state_dir / "node" / "kubelet",
+        running=running,
+        stop=stop,
+    )
     for record in reversed(state.processes):
-        if record.name not in stopped and record.running():
-            print(f"stopping {record.name} (pid {record.pid})", file=out)
-            _stop_record(record)
-        if record.name == "containerd":
-            node.cleanup_host(kubelet_dir=state.state_dir / "node" / "kubelet")
+        stop(record.name)
     node.bridge_down()
     for name in DATA_DIRS:
         shutil.rmtree(state.state_dir / name, ignore_errors=True)

@@ -67,6 +67,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from localenv.binaries import HACK_DIR, cache_dir
+from localenv.mounts import unmount_below
 from localenv.process import ManagedProcess, StartError, stop_pid, tail
 
 # --- what is built ------------------------------------------------------------------
@@ -216,20 +217,6 @@ def manifest_config_digest(manifest: Mapping[str, object]) -> str | None:
         if isinstance(digest, str):
             return digest
     return None
-
-
-def mounts_under(mounts: str, root: Path) -> list[str]:
-    """Mount points at or below ``root`` in /proc/self/mounts text, deepest first."""
-    top = str(root).rstrip("/")
-    found: list[str] = []
-    for line in mounts.splitlines():
-        fields = line.split()
-        if len(fields) < 2:
-            continue
-        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1])
-        if point == top or point.startswith(top + "/"):
-            found.append(point)
-    return sorted(found, key=len, reverse=True)
 
 
 def debootstrap_argv(target: Path) -> list[str]:
@@ -433,9 +420,7 @@ def _remove_tree(path: Path) -> None:
     """rm -rf, after unmounting what an interrupted debootstrap left mounted inside."""
     if not path.exists():
         return
-    for point in mounts_under(Path("/proc/self/mounts").read_text(), path):
-        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
-    if mounts_under(Path("/proc/self/mounts").read_text(), path):
+    if unmount_below(path):
         raise StartError(f"cannot remove {path}: something is still mounted below it")
     shutil.rmtree(path)
 
@@ -555,8 +540,7 @@ class DockerDaemon:
             process.stop()
         self.processes.clear()
         # dockerd leaves its default network namespace mounted under exec-root.
-        for point in mounts_under(Path("/proc/self/mounts").read_text(), RUN_DIR):
-            subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+        unmount_below(RUN_DIR)
 
     def docker(self, *args: str) -> str | None:
         """Output of a short docker query, or None when it fails."""

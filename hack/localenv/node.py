@@ -27,8 +27,10 @@ per machine: :class:`NodeLock` refuses a second one (``make demo`` while
 ``make test`` runs its e2e tier, say) with a message saying which runs.
 
 Teardown: pods are deleted through the API first so the kubelet tears down
-their sandboxes (CNI DEL) itself; whatever is left is killed through ``ctr``,
-then kube-proxy removes its rules (``--cleanup``) and the bridge goes.
+their sandboxes (CNI DEL) itself; whatever is left is killed through ``ctr``;
+the kubelet's mounts are undone, kube-proxy removes its rules (``--cleanup``),
+the kubelet's own iptables chains are removed, and the bridge goes
+(:func:`teardown`, shared by the tests and ``make demo-down``).
 """
 
 from __future__ import annotations
@@ -38,10 +40,11 @@ import fcntl
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -59,6 +62,7 @@ from localenv.kube import (
     _https_get,
     write_kubeconfig,
 )
+from localenv.mounts import PROC_MOUNTS, mounts_below, unmount_below
 from localenv.process import ManagedProcess, StartError, free_port
 
 # The bridge, and the pod network behind it. 10.244/16 is the range kubeadm
@@ -90,16 +94,15 @@ NODE_READY_TIMEOUT = 120.0
 PACKAGES = ("containerd", "runc", "containernetworking-plugins", "iptables", "conntrack")
 
 
-def _run(argv: list[str], *, check: bool = True, quiet: bool = False) -> str:
-    """Run a short host command (ip, ctr, ...); raise StartError naming it on failure."""
+def _run(argv: list[str], *, check: bool = True) -> str:
+    """Run a short host command (ip, ctr, ...); its stdout. On failure: raise
+    StartError naming it with ``check``, else return ""."""
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if check and done.returncode != 0:
         raise StartError(
             f"`{' '.join(argv)}` exited {done.returncode}: {(done.stderr or done.stdout).strip()}"
         )
-    if not quiet and done.returncode != 0:
-        return ""
-    return done.stdout
+    return done.stdout if done.returncode == 0 else ""
 
 
 def missing_prerequisites() -> list[str]:
@@ -457,7 +460,7 @@ class LocalNode:
         cni_dir = self.base_dir / "cni"
         cni_dir.mkdir(exist_ok=True)
         (cni_dir / "10-citus-backup.conflist").write_text(json.dumps(cni_config(), indent=2))
-        unmount_under(self.runtime_dir)
+        unmount_below(self.runtime_dir)
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
         shutil.rmtree(RUN_DIR / "cni-ipam", ignore_errors=True)
         self.runtime_dir.mkdir(parents=True)
@@ -500,6 +503,11 @@ class LocalNode:
 
     def _start_scheduler(self, exe: Path) -> None:
         kubeconfig = self._kubeconfig("scheduler", "system:kube-scheduler")
+        # A serving certificate from our CA, as kube-controller-manager has, so
+        # the readiness probe verifies TLS instead of trusting a self-signed one.
+        serving = self.pki.issue(
+            "scheduler-serving", "kube-scheduler", sans=(LOOPBACK, "localhost"), server=True
+        )
         port = free_port()
         process = self._process(
             "kube-scheduler",
@@ -510,17 +518,14 @@ class LocalNode:
                 f"--authorization-kubeconfig={kubeconfig}",
                 f"--bind-address={LOOPBACK}",
                 f"--secure-port={port}",
-                f"--cert-dir={self.base_dir / 'scheduler-certs'}",
+                f"--tls-cert-file={serving.cert}",
+                f"--tls-private-key-file={serving.key}",
                 "--leader-elect=false",
                 "--profiling=false",
             ],
         )
         url = f"https://{LOOPBACK}:{port}/healthz"
-        import ssl  # noqa: PLC0415
-
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE  # its self-signed serving cert; /healthz only
+        context = ssl.create_default_context(cafile=str(self.pki.ca.cert))
         process.wait_ready(lambda: _https_get(url, context) == "ok")
 
     def _start_proxy(self, exe: Path) -> Callable[[], bool]:
@@ -586,19 +591,23 @@ class LocalNode:
 
     def stop(self) -> None:
         """Stop pods, the node's processes, kube-proxy's rules; safe to call twice."""
-        containerd = self.processes.get("containerd")
-        proc = None if containerd is None else containerd.proc
-        up = proc is not None and proc.poll() is None
-        if up and "kubelet" in self.processes:
-            drain(self.kube, self.containerd_socket)
-        for name in ("kubelet", "kube-proxy", "kube-scheduler"):
+
+        def running(name: str) -> bool:
+            process = self.processes.get(name)
+            return process is not None and process.proc is not None and process.proc.poll() is None
+
+        def stop(name: str) -> None:
             if name in self.processes:
                 self.processes[name].stop()
-        if up:
-            remove_containers(self.containerd_socket)
-        if containerd is not None:
-            containerd.stop()
-        cleanup_host(kubelet_dir=self.kubelet_dir, proxy_ran="kube-proxy" in self.processes)
+
+        teardown(
+            self.kube,
+            self.containerd_socket,
+            self.kubelet_dir,
+            running=running,
+            stop=stop,
+            proxy_ran="kube-proxy" in self.processes,
+        )
 
     def leftovers(self) -> list[str]:
         found = [
@@ -610,31 +619,40 @@ class LocalNode:
             ["pgrep", "-f", f"containerd-shim.*-address {self.containerd_socket}"], check=False
         )
         found += [f"containerd shim pid {pid} still running" for pid in shims.split()]
-        mounts = Path("/proc/mounts").read_text()
+        mounts = PROC_MOUNTS.read_text()
         for root in (self.runtime_dir, self.base_dir):
             found += [f"{point} still mounted" for point in mounts_below(mounts, root)]
         return found
 
 
-def mounts_below(mounts: str, root: Path) -> list[str]:
-    """Mount points in ``mounts`` (/proc/mounts text) at or below ``root``, deepest first."""
-    prefix = str(root).rstrip("/")
-    points = []
-    for line in mounts.splitlines():
-        fields = line.split()
-        if len(fields) > 1:
-            point = fields[1].replace("\\040", " ")
-            if point == prefix or point.startswith(prefix + "/"):
-                points.append(point)
-    return sorted(points, key=lambda p: p.count("/"), reverse=True)
+# The node's processes that go before containerd, kubelet first (it must not
+# restart containers that are being removed).
+NODE_WORKERS = ("kubelet", "kube-proxy", "kube-scheduler")
 
 
-def unmount_under(root: Path) -> None:
-    """Unmount what containerd's CRI left mounted under ``root`` (sandbox /dev/shm,
-    rootfs overlays) when its sandboxes were not removed through CRI."""
-    for point in mounts_below(Path("/proc/mounts").read_text(), root):
-        if subprocess.run(["umount", point], capture_output=True, check=False).returncode:
-            subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+def teardown(
+    kube: KubeInfo,
+    socket: Path,
+    kubelet_dir: Path,
+    *,
+    running: Callable[[str], bool],
+    stop: Callable[[str], None],
+    proxy_ran: bool = True,
+) -> None:
+    """The node's stop sequence, whether its processes are our children (tests) or
+    recorded PIDs of a detached node (``make demo-down``): drain the pods while the
+    kubelet can still tear them down, stop the kubelet, kube-proxy and the
+    scheduler, remove leftover containers, stop containerd, then clean the host.
+    ``running(name)``/``stop(name)`` answer for and stop one process by name."""
+    runtime_up = running("containerd")
+    if runtime_up and running("kubelet"):
+        drain(kube, socket)
+    for name in NODE_WORKERS:
+        stop(name)
+    if runtime_up:
+        remove_containers(socket)
+    stop("containerd")
+    cleanup_host(kubelet_dir=kubelet_dir, proxy_ran=proxy_ran)
 
 
 def _ctr(socket: Path, *args: str) -> str:
@@ -663,36 +681,51 @@ def remove_containers(socket: Path) -> None:
         _ctr(socket, "containers", "rm", container)
 
 
-def cleanup_host(*, kubelet_dir: Path | None = None, proxy_ran: bool = True) -> None:
+def cleanup_host(*, kubelet_dir: Path, proxy_ran: bool = True) -> None:
     """Undo what the node did to the machine: pod netns, CRI mounts, the kubelet's
     mounts (its root dir, which it bind-mounts onto itself, and pod volumes such as
     the projected ServiceAccount token tmpfs), kube-proxy's iptables chains, runtime
     state. The bridge goes separately (:func:`bridge_down`), after the servers
     listening on it."""
-    if kubelet_dir is not None:
-        unmount_under(kubelet_dir)
+    unmount_below(kubelet_dir)
     _cleanup_netns()
     runtime = RUN_DIR / "containerd"
-    unmount_under(runtime)
+    unmount_below(runtime)
     if proxy_ran:
         with contextlib.suppress(StartError):
             proxy = binaries.binary("kube-proxy", build=False)
             _run([str(proxy), "--cleanup"], check=False)
+    _remove_kubelet_chains()
     shutil.rmtree(runtime, ignore_errors=True)
     shutil.rmtree(RUN_DIR / "cni-ipam", ignore_errors=True)
     OWNER_FILE.unlink(missing_ok=True)
 
 
+# What the kubelet adds to the machine's iptables (and kube-proxy --cleanup does
+# not remove): the KUBE-FIREWALL chain (dropping non-local traffic to 127/8) hooked
+# into INPUT and OUTPUT, and marker chains. (table, chain, hooks jumping to it)
+KUBELET_CHAINS = (
+    ("filter", "KUBE-FIREWALL", ("INPUT", "OUTPUT")),
+    ("filter", "KUBE-KUBELET-CANARY", ()),
+    ("nat", "KUBE-KUBELET-CANARY", ()),
+    ("mangle", "KUBE-KUBELET-CANARY", ()),
+    ("mangle", "KUBE-IPTABLES-HINT", ()),
+)
+
+
+def _remove_kubelet_chains() -> None:
+    for tool in ("iptables", "ip6tables"):
+        for table, chain, hooks in KUBELET_CHAINS:
+            for hook in hooks:
+                _run([tool, "-t", table, "-D", hook, "-j", chain], check=False)
+            _run([tool, "-t", table, "-F", chain], check=False)
+            _run([tool, "-t", table, "-X", chain], check=False)
+
+
 def _cleanup_netns() -> None:
-    """Pod network namespaces whose sandbox the kubelet did not get to remove."""
-    for path in _netns_of_cri():
+    """Pod network namespaces whose sandbox the kubelet did not get to remove
+    (containerd's CRI names them cni-<uuid> under /var/run/netns)."""
+    for path in Path("/var/run/netns").glob("cni-*"):
         _run(["umount", str(path)], check=False)
         with contextlib.suppress(OSError):
             path.unlink()
-
-
-def _netns_of_cri() -> Iterator[Path]:
-    # containerd's CRI names them cni-<uuid> under /var/run/netns.
-    netns = Path("/var/run/netns")
-    if netns.is_dir():
-        yield from netns.glob("cni-*")

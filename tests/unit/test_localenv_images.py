@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from localenv import images
+from localenv.mounts import mounts_below
 
 
 def _sha(text: str) -> str:
@@ -135,7 +136,7 @@ def test_mounts_under_finds_children_deepest_first() -> None:
         "tmpfs /var/x/with\\040space tmpfs rw 0 0\n"
         "tmpfs /var/xy tmpfs rw 0 0\n"
     )
-    found = images.mounts_under(mounts, Path("/var/x"))
+    found = mounts_below(mounts, Path("/var/x"))
     assert found[0] == "/var/x/rootfs/dev/pts"
     assert set(found) == {
         "/var/x/rootfs/proc",
@@ -143,7 +144,7 @@ def test_mounts_under_finds_children_deepest_first() -> None:
         "/var/x/rootfs/dev/pts",
         "/var/x/with space",
     }
-    assert images.mounts_under(mounts, Path("/nowhere")) == []
+    assert mounts_below(mounts, Path("/nowhere")) == []
 
 
 # --- commands and configs ----------------------------------------------------------------
