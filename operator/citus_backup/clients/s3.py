@@ -10,7 +10,7 @@ classes; this module converts both ways, so the reconciler stays pure.
 Credentials are read from the policy's Secrets by the caller, passed in
 memory, and never logged or put in messages (errors name the endpoint,
 bucket and operation only). SDK exceptions become the project's errors
-via :func:`citus_backup.runner.s3.translate` (5xx / unreachable:
+via :func:`sdk_error` and :func:`citus_backup.runner.s3.translate` (5xx / unreachable:
 TransientError; bad credentials / missing bucket: PermanentError).
 
 Only the rule elements the SDK models survive a read-modify-write
@@ -30,7 +30,7 @@ import urllib3
 from minio import Minio
 from minio.commonconfig import DISABLED, ENABLED, AndOperator, Filter, Tag, Tags
 from minio.credentials.providers import StaticProvider
-from minio.error import S3Error
+from minio.error import InvalidResponseError, S3Error, ServerError
 from minio.lifecycleconfig import (
     AbortIncompleteMultipartUpload,
     Expiration,
@@ -43,6 +43,7 @@ from minio.lifecycleconfig import (
 
 from citus_backup.errors import CitusBackupError
 from citus_backup.runner.s3 import translate
+from citus_backup.runner.s3api import S3ResponseError, S3UnexpectedResponse
 
 #: Seconds to connect / to wait for an answer: the operator's handlers must not hang.
 CONNECT_TIMEOUT = 5.0
@@ -198,6 +199,17 @@ def rule_from_json(rule: Mapping[str, Any]) -> Rule:
 
 
 # --------------------------------------------------------------------------- client
+def sdk_error(exc: BaseException) -> BaseException:
+    """The minio SDK's exceptions as the runner's S3 client raises them, so one
+    :func:`~citus_backup.runner.s3.translate` classifies both."""
+    if isinstance(exc, S3Error):
+        status = exc.response.status if exc.response is not None else 0
+        return S3ResponseError(exc.code or "Error", exc.message or "", status)
+    if isinstance(exc, ServerError):
+        return S3UnexpectedResponse(exc.status_code, str(exc))
+    if isinstance(exc, InvalidResponseError):
+        return S3UnexpectedResponse(0, str(exc))
+    return exc
 
 
 class BucketClient:
@@ -227,7 +239,7 @@ class BucketClient:
         )
 
     def _error(self, exc: BaseException, what: str) -> CitusBackupError:
-        return translate(exc, f"{what} s3://{self.bucket}", self._url)
+        return translate(sdk_error(exc), f"{what} s3://{self.bucket}", self._url)
 
     def get_rules(self) -> list[JsonRule]:
         """The bucket's lifecycle rules (``[]`` when it has no configuration)."""

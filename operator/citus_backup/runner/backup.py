@@ -130,6 +130,19 @@ class _Countdown:
         return self._done.wait(timeout)
 
 
+class _Slot:
+    """One of the ``--jobs`` pg_dump slots, given back once (at the dump's EOF)."""
+
+    def __init__(self, slots: threading.Semaphore) -> None:
+        self._slots = slots
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._slots.release()
+
+
 class TocReader:
     """Feeds the head of a dump to ``pg_restore --list`` and parses its output."""
 
@@ -247,6 +260,10 @@ class _Backup:
         #: Ticked by each dump worker once its pg_dump started (or it failed
         #: before); :meth:`run` sets the count to the first wave of dumps.
         self.dumps_started = _Countdown(0)
+        #: ``--jobs`` pg_dumps run at once. A slot is freed when a pg_dump's
+        #: output ends, not when its upload completes: the next database's
+        #: pg_dump starts while the last part of the previous one is uploaded.
+        self.slots = threading.Semaphore(1)
         self.progress = Progress("backup", options.progress_interval)
         self.schedule = PartSchedule(options.part_size)
 
@@ -266,8 +283,13 @@ class _Backup:
         what: str,
         toc: TocReader | None,
         content_type: str = "application/octet-stream",
+        on_eof: Callable[[], None] | None = None,
     ) -> tuple[ObjectInfo, TocSummary | None]:
-        """Upload ``child``'s stdout to ``key``; the child is stopped if anything fails."""
+        """Upload ``child``'s stdout to ``key``; the child is stopped if anything fails.
+
+        ``on_eof`` runs when the child's output ends (it has exited, or is
+        about to), before the last part is uploaded.
+        """
         hasher = hashlib.sha256()
         toc_summary: list[TocSummary] = []
         try:
@@ -287,8 +309,14 @@ class _Backup:
                 if toc is not None:
                     toc_summary.append(toc.finish(what))
 
+            def readinto(view: memoryview) -> int:
+                count = child.readinto(view)
+                if count == 0 and on_eof is not None:
+                    on_eof()
+                return count
+
             result = uploader.upload(
-                key, child.readinto, on_data, content_type, before_complete=before_complete
+                key, readinto, on_data, content_type, before_complete=before_complete
             )
         except BaseException:
             child.terminate()
@@ -331,6 +359,7 @@ class _Backup:
         location: layout.SetLocation,
         name: str,
         server: pg.ServerInfo,
+        first_wave: bool = True,
     ) -> DatabaseEntry:
         ticked = False
 
@@ -340,6 +369,9 @@ class _Backup:
                 ticked = True
                 self.dumps_started.tick()
 
+        if not first_wave:
+            # On deck: connect only once the first pg_dumps are running.
+            self.dumps_started.wait(FIRST_DUMPS_WAIT)
         try:
             return self._dump_database(uploader, location, name, server, pg_dump_started)
         finally:
@@ -356,41 +388,71 @@ class _Backup:
         if self.children.cancelled.is_set():  # queued behind the first dumps
             raise Cancelled("stopped: the run is being cancelled")
         shown = quote_name(name)
-        started = _now()
         with self.pg.session(name, autocommit=False) as conn:
-            snapshot = self._export_snapshot(conn, shown)
-            argv = [pg.tool("pg_dump"), "-Fc", f"--compress={self.options.compress}", "-w"]
-            if snapshot:
-                argv += ["--snapshot", snapshot]
-            if self.options.lock_wait_timeout:
-                argv += ["--lock-wait-timeout", self.options.lock_wait_timeout]
-            argv += ["-d", self.pg_config.conninfo(name)]
-            # pg_dump first: it is the long pole. Its output waits in the pipe
-            # while the metadata is read, in the snapshot pg_dump uses (the
-            # database's properties included: pg_database is read in it too).
-            child = self._start(argv)
-            pg_dump_started()
+            # Connected ahead; the snapshot and pg_dump wait for a free slot.
+            slot = self._take_slot()
             try:
-                props = pg.database_properties(conn, name, server.version_num)
-                exts = pg.extensions(conn)
-                schemas, roles = pg.schemas_and_roles(conn)
-                citus = self._citus(conn, shown, {e.name: e.version for e in exts})
-                from citus_backup.runner.toc import TocParser  # noqa: PLC0415 (lazy: module doc)
+                return self._dump_in_slot(
+                    conn, uploader, location, name, shown, server, pg_dump_started, slot
+                )
+            finally:
+                slot.release()
 
-                toc = TocReader(self.children, self.env, TocParser(schemas, roles))
-            except BaseException:
-                child.terminate()
-                self.children.done(child)
-                raise
-            info, toc_summary = self._stream(
-                child=child,
-                uploader=uploader,
-                key=location.key(layout.dump_object_name(name)),
-                label=shown,
-                what=f"pg_dump of database {shown}",
-                toc=toc,
-            )
-            conn.rollback()
+    def _take_slot(self) -> _Slot:
+        while not self.slots.acquire(timeout=0.05):
+            if self.children.cancelled.is_set():
+                raise Cancelled("stopped: the run is being cancelled")
+        if self.children.cancelled.is_set():
+            self.slots.release()
+            raise Cancelled("stopped: the run is being cancelled")
+        return _Slot(self.slots)
+
+    def _dump_in_slot(  # noqa: PLR0917 - one step of _dump_database
+        self,
+        conn: pg.Connection,
+        uploader: StreamUploader,
+        location: layout.SetLocation,
+        name: str,
+        shown: str,
+        server: pg.ServerInfo,
+        pg_dump_started: Callable[[], None],
+        slot: _Slot,
+    ) -> DatabaseEntry:
+        started = _now()
+        snapshot = self._export_snapshot(conn, shown)
+        argv = [pg.tool("pg_dump"), "-Fc", f"--compress={self.options.compress}", "-w"]
+        if snapshot:
+            argv += ["--snapshot", snapshot]
+        if self.options.lock_wait_timeout:
+            argv += ["--lock-wait-timeout", self.options.lock_wait_timeout]
+        argv += ["-d", self.pg_config.conninfo(name)]
+        # pg_dump first: it is the long pole. Its output waits in the pipe
+        # while the metadata is read, in the snapshot pg_dump uses (the
+        # database's properties included: pg_database is read in it too).
+        child = self._start(argv)
+        pg_dump_started()
+        try:
+            props = pg.database_properties(conn, name, server.version_num)
+            exts = pg.extensions(conn)
+            schemas, roles = pg.schemas_and_roles(conn)
+            citus = self._citus(conn, shown, {e.name: e.version for e in exts})
+            from citus_backup.runner.toc import TocParser  # noqa: PLC0415 (lazy: module doc)
+
+            toc = TocReader(self.children, self.env, TocParser(schemas, roles))
+        except BaseException:
+            child.terminate()
+            self.children.done(child)
+            raise
+        info, toc_summary = self._stream(
+            child=child,
+            uploader=uploader,
+            key=location.key(layout.dump_object_name(name)),
+            label=shown,
+            what=f"pg_dump of database {shown}",
+            toc=toc,
+            on_eof=slot.release,
+        )
+        conn.rollback()
         assert toc_summary is not None
         from citus_backup.runner.manifest import DatabaseEntry  # noqa: PLC0415 (lazy: module doc)
 
@@ -475,7 +537,9 @@ class _Backup:
         globals_info: ObjectInfo | None = None
         with (
             ThreadPoolExecutor(jobs * options.max_inflight, "upload") as upload_pool,
-            ThreadPoolExecutor(jobs, "dump") as dump_pool,
+            # One thread more than --jobs: the next database connects while
+            # the running ones dump (see self.slots).
+            ThreadPoolExecutor(jobs + 1, "dump") as dump_pool,
             self.progress,
         ):
             uploader = StreamUploader(
@@ -493,9 +557,12 @@ class _Backup:
                 # The databases first: they are the long pole. Their uploads
                 # wait for the gate, which opens once the S3 side is ready.
                 self.dumps_started = _Countdown(min(jobs, len(names)))
+                self.slots = threading.Semaphore(jobs)
                 futures: dict[Future[DatabaseEntry], str] = {
-                    dump_pool.submit(self.dump_database, uploader, location, name, server): name
-                    for name in names
+                    dump_pool.submit(
+                        self.dump_database, uploader, location, name, server, index < jobs
+                    ): name
+                    for index, name in enumerate(names)
                 }
                 # The S3 set-up (~0.1 s of CPU, mostly importing the SDK) would
                 # slow the first dumps' connections down (the GIL): let them

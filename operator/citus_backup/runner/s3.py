@@ -1,15 +1,10 @@
-"""A thin layer over the ``minio`` SDK: errors the project understands.
+"""The runner's S3 store: one bucket, errors the project understands.
 
-The streaming multipart upload lives in :mod:`.upload` (it needs no SDK);
-:class:`S3Store` is its target. The multipart calls the store offers
-(``_create_multipart_upload`` and friends) are the SDK's own, non-public
-methods; minio is pinned exactly in pyproject.toml, and the unit tests
-exercise the uploader against a fake with the same signatures.
+Calls go through :mod:`.s3api`, the runner's own small SigV4 client (why not
+the minio SDK: see there). The streaming multipart upload lives in
+:mod:`.upload`; :class:`S3Store` is its target.
 
-Importing this module imports the SDK (~0.1 s): the backup imports it only
-after its pg_dumps have started.
-
-Every SDK/urllib3 exception is turned into :class:`PermanentError` (bad
+Every S3/urllib3 exception is turned into :class:`PermanentError` (bad
 credentials, missing bucket: a human must act) or :class:`TransientError`
 (endpoint down, connection lost, 5xx: retry later), with a one-line message
 naming the endpoint, bucket and key — never the credentials.
@@ -21,14 +16,8 @@ import contextlib
 import logging
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from typing import cast
 
 import urllib3
-from minio import Minio
-from minio.commonconfig import ComposeSource, CopySource, Tags
-from minio.credentials.providers import StaticProvider
-from minio.datatypes import Part
-from minio.error import InvalidResponseError, S3Error, ServerError
 from urllib3.exceptions import (
     HTTPError,
     MaxRetryError,
@@ -41,6 +30,7 @@ from urllib3.exceptions import (
 from citus_backup.errors import CitusBackupError, PermanentError, TransientError
 from citus_backup.runner.config import S3Config
 from citus_backup.runner.partsize import MAX_PART_SIZE
+from citus_backup.runner.s3api import Credentials, S3Api, S3ResponseError, S3UnexpectedResponse
 
 log = logging.getLogger("citus_backup.runner")
 
@@ -94,7 +84,7 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _s3_error(exc: S3Error, what: str, endpoint: str) -> CitusBackupError:
+def _s3_error(exc: S3ResponseError, what: str, endpoint: str) -> CitusBackupError:
     code = exc.code or "Error"
     detail = _one_line(exc.message or code)
     if code == "NoSuchBucket":
@@ -121,18 +111,18 @@ def _s3_error(exc: S3Error, what: str, endpoint: str) -> CitusBackupError:
     if code in known:
         cls, reason, text = known[code]
         return cls(f"S3 {what}: {text}", reason=reason)
-    if code in _TRANSIENT_CODES:
+    if code in _TRANSIENT_CODES or exc.status >= 500:
         return TransientError(f"S3 {what}: {code}: {detail}", reason="S3Unavailable")
     return PermanentError(f"S3 {what}: {code}: {detail}", reason="S3Error")
 
 
 def translate(exc: BaseException, what: str, endpoint: str) -> CitusBackupError:
-    """Turn an SDK/urllib3 exception about ``what`` into the project's error."""
+    """Turn an S3/urllib3 exception about ``what`` into the project's error."""
     if isinstance(exc, CitusBackupError):
         return exc
-    if isinstance(exc, S3Error):
+    if isinstance(exc, S3ResponseError):
         return _s3_error(exc, what, endpoint)
-    if isinstance(exc, (ServerError, InvalidResponseError)):
+    if isinstance(exc, S3UnexpectedResponse):
         return TransientError(
             f"S3 {what}: unexpected response from {endpoint}: {_one_line(str(exc))[:300]}",
             reason="S3Unavailable",
@@ -173,8 +163,8 @@ def _network_error(exc: BaseException, what: str, endpoint: str) -> CitusBackupE
     )
 
 
-def make_client(config: S3Config, max_connections: int = 10) -> Minio:
-    """A Minio client with our timeouts, retries and TLS settings."""
+def make_api(config: S3Config, max_connections: int = 10) -> S3Api:
+    """The S3 client with our timeouts, retries and TLS settings."""
     http = urllib3.PoolManager(
         timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT),
         maxsize=max(max_connections, 4),
@@ -185,19 +175,21 @@ def make_client(config: S3Config, max_connections: int = 10) -> Minio:
             backoff_factor=RETRY_BACKOFF,
             backoff_max=10,
             status_forcelist=[500, 502, 503, 504],
+            # The final answer's body names S3's error: return it, do not raise.
+            raise_on_status=False,
         ),
     )
     if config.insecure_skip_verify:
         urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
     credentials = None
     if config.access_key and config.secret_key:
-        credentials = StaticProvider(config.access_key, config.secret_key, config.session_token)
-    return Minio(
+        credentials = Credentials(config.access_key, config.secret_key, config.session_token)
+    return S3Api(
         config.endpoint,
         secure=config.secure,
         region=config.region,
-        http_client=http,
         credentials=credentials,
+        http=http,
     )
 
 
@@ -220,10 +212,10 @@ class ObjectRead:
 class S3Store:
     """One bucket on one endpoint, with errors translated."""
 
-    def __init__(self, config: S3Config, client: Minio | None = None, max_connections: int = 10):
+    def __init__(self, config: S3Config, api: S3Api | None = None, max_connections: int = 10):
         self.config = config
         self.bucket = config.bucket
-        self.client = client or make_client(config, max_connections)
+        self.api = api or make_api(config, max_connections)
         #: Extra upload headers: every object written is tagged expirable (see
         #: EXPIRABLE_TAG_KEY); copies keep the source's tags (S3's default COPY directive).
         self._tagging: dict[str, str] = {"x-amz-tagging": EXPIRABLE_TAGGING_HEADER}
@@ -242,14 +234,16 @@ class S3Store:
         from a missing bucket. Returns True if the bucket was created.
         """
         try:
-            next(iter(self.client.list_objects(self.bucket, prefix=".citus-backup-probe/")), None)
+            next(
+                iter(self.api.list_objects(self.bucket, ".citus-backup-probe/", page_size=1)), None
+            )
             return False
         except Exception as exc:
             error = self._error(exc, "check bucket")
             if error.reason != "BucketNotFound" or not create:
                 raise error from exc
         try:
-            self.client.make_bucket(self.bucket)
+            self.api.make_bucket(self.bucket)
         except Exception as exc:
             raise self._error(exc, "create bucket") from exc
         log.info("created bucket %s", self.bucket)
@@ -259,16 +253,11 @@ class S3Store:
         self, key: str, data: bytes | bytearray, content_type: str = "application/octet-stream"
     ) -> str:
         try:
-            result = self.client._put_object(
-                # bytearray works as a body (no copy); the SDK annotates bytes.
-                self.bucket,
-                key,
-                cast(bytes, data),
-                headers={"Content-Type": content_type, **self._tagging},
+            return self.api.put_object(
+                self.bucket, key, data, {"Content-Type": content_type, **self._tagging}
             )
         except Exception as exc:
             raise self._error(exc, "upload", key) from exc
-        return str(result.etag)
 
     def get_bytes(self, key: str, limit: int) -> bytes:
         """A small object (manifest, globals) read whole; larger than ``limit`` fails."""
@@ -283,14 +272,10 @@ class S3Store:
 
     def stat(self, key: str) -> ObjectStat | None:
         try:
-            result = self.client.stat_object(self.bucket, key)
-        except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchObject"):
-                return None
-            raise self._error(exc, "stat", key) from exc
+            found = self.api.head_object(self.bucket, key)
         except Exception as exc:
             raise self._error(exc, "stat", key) from exc
-        return ObjectStat(key, int(result.size or 0), str(result.etag or ""))
+        return None if found is None else ObjectStat(key, found[0], found[1])
 
     @contextlib.contextmanager
     def open_read(
@@ -298,12 +283,9 @@ class S3Store:
     ) -> Iterator[ObjectRead]:
         """Stream an object (or ``length`` bytes from ``offset``); ``if_match``
         (an ETag) makes S3 refuse if the object was replaced meanwhile."""
-        headers: dict[str, str | list[str] | tuple[str]] | None = (
-            {"If-Match": f'"{if_match}"'} if if_match else None
-        )
         try:
-            response = self.client.get_object(
-                self.bucket, key, offset=offset, length=length, request_headers=headers
+            response = self.api.get_object(
+                self.bucket, key, offset=offset, length=length, if_match=if_match
             )
         except Exception as exc:
             raise self._error(exc, "download", key) from exc
@@ -325,9 +307,7 @@ class S3Store:
     def list_objects(self, prefix: str) -> Iterator[tuple[str, int]]:
         """(key, size) of every object under ``prefix``, recursively."""
         try:
-            for obj in self.client.list_objects(self.bucket, prefix=prefix, recursive=True):
-                if obj.object_name is not None and not obj.is_dir:
-                    yield obj.object_name, int(obj.size or 0)
+            yield from self.api.list_objects(self.bucket, prefix)
         except Exception as exc:
             raise self._error(exc, "list", prefix) from exc
 
@@ -335,27 +315,32 @@ class S3Store:
         """Server-side copy; above 5 GiB (the CopyObject limit) a multipart copy."""
         try:
             if size > MAX_PART_SIZE:
-                self.client.compose_object(
-                    self.bucket, dest_key, [ComposeSource(self.bucket, source_key)]
+                self.api.copy_multipart(
+                    self.bucket,
+                    dest_key,
+                    source_key,
+                    size=size,
+                    part_size=MAX_PART_SIZE,
+                    headers=self._tagging,
                 )
             else:
-                self.client.copy_object(self.bucket, dest_key, CopySource(self.bucket, source_key))
+                self.api.copy_object(self.bucket, dest_key, source_key)
         except Exception as exc:
             raise self._error(exc, "copy to", dest_key) from exc
 
     def remove(self, key: str) -> None:
         try:
-            self.client.remove_object(self.bucket, key)
+            self.api.delete_object(self.bucket, key)
         except Exception as exc:
             raise self._error(exc, "delete", key) from exc
 
     def expirable(self, key: str) -> bool:
         """Whether the object carries the expirable tag."""
         try:
-            tags = self.client.get_object_tags(self.bucket, key)
+            tags = self.api.get_tags(self.bucket, key)
         except Exception as exc:
             raise self._error(exc, "read tags of", key) from exc
-        return tags is not None and tags.get(EXPIRABLE_TAG_KEY) == EXPIRABLE_TAG_VALUE
+        return tags.get(EXPIRABLE_TAG_KEY) == EXPIRABLE_TAG_VALUE
 
     def set_expirable(self, key: str, expirable: bool) -> None:
         """Put the expirable tag on the object, or remove every tag from it.
@@ -365,18 +350,16 @@ class S3Store:
         """
         try:
             if expirable:
-                tags = Tags.new_object_tags()
-                tags[EXPIRABLE_TAG_KEY] = EXPIRABLE_TAG_VALUE
-                self.client.set_object_tags(self.bucket, key, tags)
+                self.api.put_tags(self.bucket, key, {EXPIRABLE_TAG_KEY: EXPIRABLE_TAG_VALUE})
             else:
-                self.client.delete_object_tags(self.bucket, key)
+                self.api.delete_tags(self.bucket, key)
         except Exception as exc:
             raise self._error(exc, "tag" if expirable else "untag", key) from exc
 
-    # Multipart upload primitives (see module docstring).
+    # Multipart upload primitives, for :class:`~.upload.StreamUploader`.
     def create_multipart(self, key: str, content_type: str) -> str:
         try:
-            return self.client._create_multipart_upload(
+            return self.api.create_multipart(
                 self.bucket, key, {"Content-Type": content_type, **self._tagging}
             )
         except Exception as exc:
@@ -384,31 +367,29 @@ class S3Store:
 
     def upload_part(self, key: str, upload_id: str, part_number: int, data: bytearray) -> str:
         try:
-            return self.client._upload_part(self.bucket, key, data, None, upload_id, part_number)  # type: ignore[arg-type]
+            return self.api.upload_part(self.bucket, key, upload_id, part_number, data)
         except Exception as exc:
             raise self._error(exc, f"upload part {part_number} of", key) from exc
 
     def complete_multipart(self, key: str, upload_id: str, etags: list[tuple[int, str]]) -> None:
         try:
-            self.client._complete_multipart_upload(
-                self.bucket, key, upload_id, [Part(number, etag) for number, etag in etags]
-            )
+            self.api.complete_multipart(self.bucket, key, upload_id, etags)
         except Exception as exc:
             raise self._error(exc, "complete multipart upload", key) from exc
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
         try:
-            self.client._abort_multipart_upload(self.bucket, key, upload_id)
+            self.api.abort_multipart(self.bucket, key, upload_id)
         except Exception as exc:
             raise self._error(exc, "abort multipart upload", key) from exc
 
     def incomplete_uploads(self, prefix: str) -> list[tuple[str, str]]:
         """(key, upload id) of multipart uploads in progress under ``prefix``."""
         try:
-            result = self.client._list_multipart_uploads(self.bucket, prefix=prefix)
+            result = self.api.list_multipart_uploads(self.bucket, prefix)
         except Exception as exc:
             raise self._error(exc, "list multipart uploads", prefix) from exc
-        return [(str(u.object_name), str(u.upload_id)) for u in result.uploads]
+        return [(u.key, u.upload_id) for u in result]
 
 
 class RangedRead:
