@@ -7,7 +7,10 @@ Compared with ``pg_dump > file; aws s3 cp; rm`` this:
   databases share ``2 x jobs + 1`` part buffers, so memory is bounded by the
   part size and ``--jobs``, not by the size of the databases;
 * dumps ``--jobs`` databases at a time (CPU-bound pg_dump compression is the
-  bottleneck, so one per CPU);
+  bottleneck, so one per CPU). A job's slot is handed on when its pg_dump's
+  output ends, not when the upload completes, and the next database is
+  already connected (one worker more than ``--jobs``), so the next pg_dump
+  starts within milliseconds while the previous dump's last part is sent;
 * takes each database's metadata (extensions, Citus distribution, roles and
   schemas for TOC parsing) in the same snapshot pg_dump uses
   (``pg_export_snapshot`` + ``pg_dump --snapshot``), so the manifest describes

@@ -624,6 +624,17 @@ class Child:
             with contextlib.suppress(OSError):
                 self.proc.stdout.close()
 
+    def close(self) -> None:
+        """Close our ends of its pipes (stderr once its reader is done)."""
+        self.close_stdin()
+        pipes = [self.proc.stdout]
+        if not self._reader.is_alive():
+            pipes.append(self.proc.stderr)
+        for pipe in pipes:
+            if pipe is not None and not pipe.closed:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+
     def stderr_text(self) -> str:
         self._reader.join(timeout=5)
         return "\n".join(self._stderr)
@@ -664,8 +675,11 @@ class Children:
         return child
 
     def done(self, child: Child) -> None:
+        """The caller is finished with ``child`` (exited or stopped): forget it
+        and close its pipes, so a long run does not keep descriptors open."""
         with self._lock:
             self._children.discard(child)
+        child.close()
 
     def cancel(self) -> None:
         self.cancelled.set()
