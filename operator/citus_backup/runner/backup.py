@@ -25,14 +25,16 @@ Compared with ``pg_dump > file; aws s3 cp; rm`` this:
 
 Start-up order: the pg_dumps are the long pole, so the only work before the
 first one starts is the catalog query that says which databases to dump (and
-each database's snapshot). The S3 side — importing the SDK, the bucket check,
-the check that no complete set of this id exists, the ``started.json`` PUT —
-and the per-database metadata queries run while the dumps are already
-producing. Uploads wait for the S3 side (:class:`_S3Gate`): nothing is
-written to S3 before those checks succeeded, and if one fails the dumps are
-killed and the run fails with the check's error, exactly as if it had come
-first. Heavy modules (the minio SDK, the pydantic manifest models) are
-therefore imported where they are first needed, not at the top.
+each database's snapshot). The S3 side — importing the S3 client, the bucket
+check, the check that no complete set of this id exists, the ``started.json``
+PUT — runs while the dumps are already producing; each database's metadata
+is read when its dump is over (still in its snapshot). Uploads wait for the
+S3 side (:class:`_S3Gate`): nothing is written to S3 before those checks
+succeeded, and if one fails the dumps are killed and the run fails with the
+check's error, exactly as if it had come first. Heavy modules (the S3 client,
+the pydantic manifest models) are therefore imported where they are first
+needed, not at the top: the models only once the first dump is over, when
+the CPUs have room (they cost ~0.1 CPU-s, as much as psycopg).
 """
 
 from __future__ import annotations
@@ -69,10 +71,8 @@ if TYPE_CHECKING:
         DatabaseEntry,
         Manifest,
         ObjectInfo,
-        TocSummary,
     )
     from citus_backup.runner.s3 import S3Store
-    from citus_backup.runner.toc import TocParser
 
 log = logging.getLogger("citus_backup.runner")
 
@@ -147,10 +147,10 @@ class _Slot:
 
 
 class TocReader:
-    """Feeds the head of a dump to ``pg_restore --list`` and parses its output."""
+    """Feeds the head of a dump to ``pg_restore --list`` and keeps its listing."""
 
-    def __init__(self, children: pg.Children, env: dict[str, str], parser: TocParser) -> None:
-        self._parser = parser
+    def __init__(self, children: pg.Children, env: dict[str, str]) -> None:
+        self._lines: list[str] = []
         self._child = children.start(
             [pg.tool("pg_restore"), "--list"],
             env,
@@ -165,7 +165,7 @@ class TocReader:
 
     def _read(self) -> None:
         for raw in self._child.stdout:
-            self._parser.feed(raw.decode("utf-8", "replace"))
+            self._lines.append(raw.decode("utf-8", "replace"))
 
     def feed(self, data: memoryview) -> None:
         if self._open:
@@ -175,7 +175,7 @@ class TocReader:
                 # pg_restore has read the table of contents and exited.
                 self._open = False
 
-    def finish(self, what: str) -> TocSummary:
+    def finish(self, what: str) -> list[str]:
         self._child.close_stdin()
         code = self._child.wait()
         self._thread.join()
@@ -183,11 +183,26 @@ class TocReader:
         if code != 0:
             error = self._child.failure(f"{what}: the dump is not readable by pg_restore --list")
             raise PermanentError(str(error), reason="DumpUnreadable")
-        return self._parser.summary()
+        return self._lines
 
     def stop(self) -> None:
         self._child.terminate()
         self._children.done(self._child)
+
+
+@dataclass(frozen=True)
+class _Uploaded:
+    """An object written by the run; becomes the manifest's ObjectInfo at the end
+    (the pydantic models are imported only once the first dump is over)."""
+
+    name: str
+    size: int
+    sha256: str
+
+    def model(self) -> ObjectInfo:
+        from citus_backup.runner.manifest import ObjectInfo  # noqa: PLC0415 (lazy: module doc)
+
+        return ObjectInfo(name=self.name, size=self.size, sha256=self.sha256)
 
 
 class _S3Gate:
@@ -287,14 +302,14 @@ class _Backup:
         toc: TocReader | None,
         content_type: str = "application/octet-stream",
         on_eof: Callable[[], None] | None = None,
-    ) -> tuple[ObjectInfo, TocSummary | None]:
+    ) -> tuple[_Uploaded, list[str] | None]:
         """Upload ``child``'s stdout to ``key``; the child is stopped if anything fails.
 
         ``on_eof`` runs when the child's output ends (it has exited, or is
         about to), before the last part is uploaded.
         """
         hasher = hashlib.sha256()
-        toc_summary: list[TocSummary] = []
+        listing: list[list[str]] = []
         try:
             counter = self.progress.track(label)
 
@@ -310,7 +325,7 @@ class _Backup:
                 if child.wait() != 0:
                     raise child.failure(what)
                 if toc is not None:
-                    toc_summary.append(toc.finish(what))
+                    listing.append(toc.finish(what))
 
             def readinto(view: memoryview) -> int:
                 count = child.readinto(view)
@@ -329,13 +344,10 @@ class _Backup:
         finally:
             self.children.done(child)
         self.progress.finish(counter)
-        from citus_backup.runner.manifest import ObjectInfo  # noqa: PLC0415 (lazy: module doc)
+        uploaded = _Uploaded(key.rsplit("/", 1)[-1], result.size, hasher.hexdigest())
+        return uploaded, (listing[0] if listing else None)
 
-        name = key.rsplit("/", 1)[-1]
-        info = ObjectInfo(name=name, size=result.size, sha256=hasher.hexdigest())
-        return info, (toc_summary[0] if toc_summary else None)
-
-    def dump_globals(self, uploader: StreamUploader, location: layout.SetLocation) -> ObjectInfo:
+    def dump_globals(self, uploader: StreamUploader, location: layout.SetLocation) -> _Uploaded:
         argv = [
             pg.tool("pg_dumpall"),
             "--globals-only",
@@ -429,24 +441,15 @@ class _Backup:
         if self.options.lock_wait_timeout:
             argv += ["--lock-wait-timeout", self.options.lock_wait_timeout]
         argv += ["-d", self.pg_config.conninfo(name)]
-        # pg_dump first: it is the long pole. Its output waits in the pipe
-        # while the metadata is read, in the snapshot pg_dump uses (the
-        # database's properties included: pg_database is read in it too).
         child = self._start(argv)
         pg_dump_started()
         try:
-            props = pg.database_properties(conn, name, server.version_num)
-            exts = pg.extensions(conn)
-            schemas, roles = pg.schemas_and_roles(conn)
-            citus = self._citus(conn, shown, {e.name: e.version for e in exts})
-            from citus_backup.runner.toc import TocParser  # noqa: PLC0415 (lazy: module doc)
-
-            toc = TocReader(self.children, self.env, TocParser(schemas, roles))
+            toc = TocReader(self.children, self.env)
         except BaseException:
             child.terminate()
             self.children.done(child)
             raise
-        info, toc_summary = self._stream(
+        info, listing = self._stream(
             child=child,
             uploader=uploader,
             key=location.key(layout.dump_object_name(name)),
@@ -455,13 +458,25 @@ class _Backup:
             toc=toc,
             on_eof=slot.release,
         )
+        # The metadata, read now in the snapshot pg_dump used (this session's
+        # transaction is still open; pg_database is read in it too). Reading
+        # it after the dump rather than while it runs moves these queries and
+        # the first import of the manifest models (~0.1 CPU-s) out of the
+        # opening phase, when the first pg_dumps saturate the CPUs, to when a
+        # dump ends and the slot has already passed to the next database.
+        props = pg.database_properties(conn, name, server.version_num)
+        exts = pg.extensions(conn)
+        schemas, roles = pg.schemas_and_roles(conn)
+        citus = self._citus(conn, shown, {e.name: e.version for e in exts})
         conn.rollback()
-        assert toc_summary is not None
+        assert listing is not None
         from citus_backup.runner.manifest import DatabaseEntry  # noqa: PLC0415 (lazy: module doc)
+        from citus_backup.runner.toc import TocParser  # noqa: PLC0415 (lazy: module doc)
 
+        toc_summary = TocParser(schemas, roles).feed_all(listing).summary()
         return DatabaseEntry(
             name=name,
-            object=info,
+            object=info.model(),
             properties=props,
             toc=toc_summary,
             extensions=tuple(exts),
@@ -537,7 +552,7 @@ class _Backup:
         }
 
         entries: dict[str, DatabaseEntry] = {}
-        globals_info: ObjectInfo | None = None
+        globals_info: _Uploaded | None = None
         with (
             ThreadPoolExecutor(jobs * options.max_inflight, "upload") as upload_pool,
             # One thread more than --jobs: the next database connects while
@@ -598,7 +613,7 @@ class _Backup:
             server_version_num=server.version_num,
             pg_dump_version=pg_dump_version,
             compression=options.compress,
-            globals=globals_info,
+            globals=globals_info.model() if globals_info is not None else None,
             databases=tuple(entries[name] for name in names),
         )
         self.summary.databases = {e.name: e.object.size for e in manifest.databases}
