@@ -267,6 +267,9 @@ class CuttingProxy:
                 client.close()
                 continue
             with self._lock:
+                if self._stopped:  # accepted while stop() ran: S3 is gone for it too
+                    self._reset(client, upstream)
+                    return
                 self._sockets |= {client, upstream}
             state = {"sent": 0}
             threading.Thread(
@@ -277,11 +280,20 @@ class CuttingProxy:
             ).start()
 
     def _reset(self, *socks: socket.socket) -> None:
+        """Reset ``socks`` (RST, not FIN), waking any pump blocked on them.
+
+        ``close()`` alone frees nothing while another thread is blocked in
+        ``recv()`` on the socket (that call holds the kernel socket): the peer
+        then saw neither FIN nor RST and waited out its read timeout. With
+        SO_LINGER 0, ``shutdown`` wakes those calls, and the last close sends RST.
+        """
         for sock in socks:
             with contextlib.suppress(OSError):
                 sock.setsockopt(
                     socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
                 )
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 sock.close()
 
@@ -318,7 +330,12 @@ class CuttingProxy:
                 dst.shutdown(socket.SHUT_WR)
 
     def stop(self) -> None:
-        self._stopped = True
+        with self._lock:
+            self._stopped = True
+        # shutdown wakes the thread blocked in accept() (close alone would not,
+        # and the listener would go on accepting until that accept() returned).
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
             self._listener.close()
         with self._lock:

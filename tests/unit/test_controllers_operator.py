@@ -85,6 +85,16 @@ def test_kopf_bookkeeping_uses_the_project_prefix() -> None:
     assert settings.persistence.finalizer == "citusbackup.io/operator"
 
 
+def test_a_deleted_object_does_not_wait_a_minute_for_its_timer() -> None:
+    """kopf re-checks a deleted object's mid-call timer every 60 s by default:
+    a policy deleted during a scheduler tick then kept its finalizer a minute."""
+    settings = kopf.OperatorSettings()
+    operator_main.configure(settings, verbose=False)
+    assert settings.background.cancellation_polling <= 5
+    assert settings.background.instant_exit_timeout is not None
+    assert 0 < settings.background.instant_exit_timeout <= 5
+
+
 # --------------------------------------------------------------------------- Kubernetes client
 
 
