@@ -124,6 +124,11 @@ def test_on_demand_backup_restores_and_guards(
     assert status["location"]["keyPrefix"] == f"main/daily/{status['backupId']}/"
     assert status["completionTime"]
     assert status["startTime"]
+    restorable = ns.condition("CitusBackup", "manual-1", "Restorable")
+    assert restorable is not None
+    assert (restorable["status"], restorable["reason"]) == ("True", "DataPresent")
+    manifest = f"s3://{data.bucket}/main/daily/{status['backupId']}/manifest.json"
+    assert manifest in restorable["message"]
     assert ns.has_event("manual-1", "BackupSucceeded")
     # kopf's finalizer guards the backup only while its timer runs.
     eventually(

@@ -69,6 +69,11 @@ def test_a_manual_backup_runs_its_job_and_records_the_summary(w: World) -> None:
     condition = w.cluster.condition(Kind.BACKUP, "now", "Succeeded")
     assert condition is not None
     assert (condition["status"], condition["reason"]) == ("True", "BackupSucceeded")
+    # The runner reported success, so its manifest is stored: restorable at once.
+    restorable = w.cluster.condition(Kind.BACKUP, "now", "Restorable")
+    assert restorable is not None
+    assert (restorable["status"], restorable["reason"]) == ("True", "DataPresent")
+    assert "s3://backups/main/daily/20261127T020000Z/manifest.json" in restorable["message"]
     assert w.events.reasons("now") == ["JobCreated", "BackupSucceeded"]
     assert w.events.reasons("main") == ["BackupSucceeded"]
     policy_status = w.cluster.status(Kind.POLICY, "main")
@@ -249,6 +254,8 @@ def test_a_success_without_a_summary_says_sizes_are_unknown(w: World) -> None:
     assert status["phase"] == "Succeeded"
     assert "databases" not in status
     assert "sizes unknown" in status["message"]
+    # Nothing says the manifest is stored: the catalogue's pass will look.
+    assert w.cluster.condition(Kind.BACKUP, "now", "Restorable") is None
 
 
 def test_a_running_backup_completes_even_if_its_policy_is_deleted(w: World) -> None:

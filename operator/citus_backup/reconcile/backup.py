@@ -16,7 +16,9 @@ Steps, each idempotent:
    time, or the creation time of a manual backup).
 5. The Job's outcome and the runner's JSON summary become the status;
    Normal BackupSucceeded / Warning BackupFailed Events go to the backup and
-   its policy, and the policy's status is refreshed.
+   its policy, and the policy's status is refreshed. A success the runner
+   reported (it stores the manifest last) also sets ``Restorable=True``; the
+   catalogue (:mod:`.catalogue`) keeps that condition true to the bucket later.
 
 The CitusBackup is *not* owned by its policy: deleting a policy must never
 delete the catalogue of backups (nor, therefore, their data).
@@ -208,8 +210,22 @@ class BackupReconciler:
             message = f"{where}: {len(databases)} database(s) ({names}), {format_size(total)}"
         else:
             message = f"{where} (the runner left no summary: databases and sizes unknown)"
+        # The runner reports success only after its manifest is stored (written
+        # last): the set is restorable now. Without that report, the catalogue's
+        # next pass looks at the bucket and says (reconcile.catalogue).
+        restorable = None
+        if summary.get("status") == "succeeded":
+            where_set = str(summary.get("location") or "its location")
+            restorable = f"the run stored its manifest: {where_set}manifest.json"
         self._finish(
-            backup, policy, Phase.SUCCEEDED, Reason.BACKUP_SUCCEEDED, message, completed, extra
+            backup,
+            policy,
+            Phase.SUCCEEDED,
+            Reason.BACKUP_SUCCEEDED,
+            message,
+            completed,
+            extra,
+            restorable=restorable,
         )
 
     # ------------------------------------------------------------------ status
@@ -222,6 +238,7 @@ class BackupReconciler:
         message: str,
         *,
         extra: dict[str, Any] | None = None,
+        restorable: str | None = None,
     ) -> None:
         now = self.deps.clock()
         succeeded: bool | None = None
@@ -238,6 +255,18 @@ class BackupReconciler:
             observed_generation=backup.metadata.generation,
         )
         conditions = set_condition(backup.status.conditions, condition)
+        if restorable is not None:
+            conditions = set_condition(
+                conditions,
+                make_condition(
+                    ConditionType.RESTORABLE,
+                    True,
+                    Reason.DATA_PRESENT,
+                    restorable,
+                    now=now,
+                    observed_generation=backup.metadata.generation,
+                ),
+            )
         status: dict[str, Any] = {
             "phase": str(phase),
             "message": message,
@@ -260,12 +289,14 @@ class BackupReconciler:
         message: str,
         completed: datetime | None = None,
         extra: dict[str, Any] | None = None,
+        *,
+        restorable: str | None = None,
     ) -> None:
         if backup.status.phase is not None and backup.status.phase.finished:
             return
         extra = dict(extra or {})
         extra["completionTime"] = time_str(completed or self.deps.clock())
-        self._patch(backup, phase, reason, message, extra=extra)
+        self._patch(backup, phase, reason, message, extra=extra, restorable=restorable)
         ok = phase is Phase.SUCCEEDED
         event_reason = str(Reason.BACKUP_SUCCEEDED if ok else Reason.BACKUP_FAILED)
         event_type = NORMAL if ok else WARNING
