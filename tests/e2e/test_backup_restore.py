@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from providers import MANIFESTS, Cluster
 
-T = TypeVar("T")
+from harness import polling
 
 OPERATOR_NS = "citus-backup-system"
 NS = "e2e-apps"
@@ -44,19 +43,9 @@ SCHEDULED_TIMEOUT = 300.0
 PLUGIN_DIR = Path(sys.executable).parent
 
 
-def eventually(probe: Callable[[], T], what: str, timeout: float) -> T:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            last = probe()
-        except AssertionError as exc:
-            last = exc
-        else:
-            if last:
-                return last  # type: ignore[return-value]
-        time.sleep(1.0)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+def eventually(probe: Callable[[], Any], what: str, timeout: float) -> Any:
+    """Here a failed kubectl (AssertionError) is "not yet"; a real node acts in seconds."""
+    return polling.eventually(probe, what, timeout, retry_on=(AssertionError,), interval=1.0)
 
 
 def get(cluster: Cluster, kind: str, name: str = "", namespace: str = NS) -> Any:

@@ -12,22 +12,19 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import psycopg
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
+from harness.polling import eventually
 from localenv.kube import KubeInfo
 from localenv.minio import MinioInfo
 from localenv.postgres import PostgresInfo
-
-T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
@@ -37,23 +34,6 @@ OPERATOR_SA = "citus-backup-operator"
 #: Short intervals so the tests do not wait: scheduler tick and Job polling, seconds.
 SCHEDULE_INTERVAL = "1"
 POLL_INTERVAL = "1"
-
-
-def eventually(probe: Callable[[], T], what: str, timeout: float = 60.0) -> T:
-    """``probe()`` once it returns something truthy (ApiException counts as "not yet")."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            result = probe()
-        except ApiException as exc:
-            last = exc
-        else:
-            if result:
-                return result
-            last = result
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
 
 
 def kubectl(kube: KubeInfo, *args: str) -> str:

@@ -9,12 +9,11 @@ from __future__ import annotations
 import socket
 import ssl
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -22,28 +21,11 @@ from cryptography.x509.oid import NameOID
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from harness.polling import eventually
 from localenv.kube import PKI, Etcd, KubeCluster, KubeInfo
 from localenv.process import StartError
 
-T = TypeVar("T")
 GROUP = "envcheck.example.com"
-
-
-def eventually(probe: Callable[[], T], what: str, timeout: float = 60.0) -> T:
-    """``probe()`` once it returns something truthy (exceptions count as "not yet")."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            result = probe()
-        except ApiException as exc:
-            last = exc
-        else:
-            if result:
-                return result
-            last = result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
 
 
 def api_status(call: Callable[[], Any]) -> int:

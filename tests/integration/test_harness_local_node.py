@@ -15,35 +15,16 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from harness.local_node import DEFAULT_NODE_NAME, TERMINATION_LOG_ENV, LocalNode
+from harness.polling import eventually
 from localenv.kube import KubeInfo
-
-T = TypeVar("T")
-
-
-def eventually(probe: Callable[[], T], what: str, timeout: float = 60.0) -> T:
-    """``probe()`` once it returns something truthy (API errors count as "not yet")."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            result = probe()
-        except ApiException as exc:
-            last = exc
-        else:
-            if result:
-                return result
-            last = result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
 
 
 def make_job(

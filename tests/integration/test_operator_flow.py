@@ -20,7 +20,6 @@ from operator_support import (
     Fixture,
     Objects,
     OperatorProcess,
-    eventually,
     install_operator_manifests,
     make_fixture,
     make_secrets,
@@ -30,6 +29,7 @@ from operator_support import (
 
 from citus_backup.specs.names import backup_job_name, restore_job_name, scheduled_backup_name
 from harness.local_node import LocalNode
+from harness.polling import eventually
 from localenv.kube import KubeInfo
 from localenv.minio import MinioInfo
 from localenv.postgres import PostgresInfo

@@ -22,7 +22,6 @@ from operator_support import (
     Fixture,
     Objects,
     OperatorProcess,
-    eventually,
     install_operator_manifests,
     make_fixture,
     make_secrets,
@@ -31,6 +30,7 @@ from operator_support import (
 )
 
 from citus_backup.controllers.retention import FINALIZER
+from harness.polling import eventually
 from localenv.kube import KubeInfo
 from localenv.minio import MinioInfo
 from localenv.postgres import PostgresInfo
