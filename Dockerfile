@@ -1,15 +1,22 @@
 # One non-root image for the operator and the backup/restore runner its Jobs
-# execute. PostgreSQL client tools come from Debian bookworm (15.x): pg_dump
-# must be at least the server's major version.
+# execute. pg_dump must be at least the server's major version (the runner
+# refuses an older one before dumping anything), so the client comes from the
+# Debian release that ships the major wanted:
+#   default                                          bookworm, PostgreSQL 15 client
+#   --build-arg DEBIAN_SUITE=trixie --build-arg PG_MAJOR=17   for servers 15, 16, 17
+# (Debian ships no 16; a 17 client dumps 16 and 15. The two cannot share one
+# image: trixie's client needs trixie's libc.)
 #
-# The base is plain debian:bookworm-slim so the image can be built where no
+# The base is plain debian:<suite>-slim so the image can be built where no
 # registry is reachable (the e2e tier imports a debootstrapped bookworm under
 # exactly this name and tag).
-FROM debian:bookworm-slim
+ARG DEBIAN_SUITE=bookworm
+FROM debian:${DEBIAN_SUITE}-slim
+ARG PG_MAJOR=15
 
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      python3 python3-venv postgresql-client-15 ca-certificates \
+      python3 python3-venv postgresql-client-${PG_MAJOR} ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 
 # A passwd entry for the runtime user: libpq and getpass look the UID up

@@ -22,7 +22,7 @@ PYTEST := $(PY) -m pytest
 LOCALENV := PYTHONPATH=hack $(PY) -m localenv
 
 .PHONY: help deps venv components lint typecheck crds crds-check test test-unit \
-        test-integration test-e2e e2e-kind demo demo-down demo-env bench clean
+        test-integration test-citus test-e2e e2e-kind demo demo-down demo-env demo-check-clean bench clean
 
 help: ## Show the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -52,14 +52,22 @@ crds: venv ## Regenerate crds/ from the models
 	$(VENV)/bin/citus-backup crds --output crds
 	$(VENV)/bin/citus-backup crds --output manifests/crds
 
-test: deps lint ## Everything: install, lint, then the unit, integration and e2e tiers
-	$(MAKE) --no-print-directory test-unit test-e2e test-integration
+test: deps lint ## Everything: install, lint, then the unit, e2e, integration and Citus tiers
+	$(MAKE) --no-print-directory test-unit test-e2e test-integration test-citus
 
 test-unit: venv ## Unit tier: pure logic, no services (seconds)
 	$(PYTEST) tests/unit -q
 
 test-integration: venv ## Integration tier: real PostgreSQL, MinIO, etcd, kube-apiserver, controller-manager
 	$(PYTEST) tests/integration -q
+
+# A real Citus cluster (coordinator + 2 workers on loopback) from the
+# Citus-enabled PostgreSQL in $$CITUS_PG_BINDIR (README: Citus); without it the
+# tier is skipped with one line naming the variable.
+test-citus: venv ## Citus tier: backup/restore on a real Citus cluster (needs CITUS_PG_BINDIR)
+	@if [ -z "$${CITUS_PG_BINDIR:-}" ]; then \
+	  echo "test-citus: skipped: CITUS_PG_BINDIR is not set (a PostgreSQL with the Citus extension; README: Citus)"; \
+	else $(PYTEST) tests/citus -q; fi
 
 # A real node on this machine (kubelet, containerd, kube-proxy); the images are
 # built and loaded on first use (tests/e2e/providers.py explains the providers).
@@ -81,6 +89,9 @@ demo-env: venv ## Print `export` lines for the demo environment (eval "$$(make -
 
 demo-down: venv ## Stop everything `make demo` started
 	hack/demo.sh down
+
+demo-check-clean: venv ## After demo-down: fail if anything the demo started is left on the machine
+	$(LOCALENV) check-clean
 
 bench: deps ## Benchmarks (see README: Benchmarks)
 	bench/run.sh

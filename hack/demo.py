@@ -236,6 +236,7 @@ def story(state: localenv.DemoState, env: dict[str, str]) -> int:
     say("The backup set in the bucket (plain pg_dump archives + manifest)")
     run(["mc", "ls", "--recursive", f"local/{BUCKET}"], env)
 
+    app1_before = table_digest(state, "app1", "orders")
     app2_before = table_digest(state, "app2", "products")
     app3_before = table_digest(state, "app3", "events")
     say("Oops: someone drops app1.orders")
@@ -267,24 +268,47 @@ def story(state: localenv.DemoState, env: dict[str, str]) -> int:
         return 1
 
     say("Result")
+    app1_after = table_digest(state, "app1", "orders")
     app2_after = table_digest(state, "app2", "products")
     app3_after = table_digest(state, "app3", "events")
-    print(f"   app1.orders is back:  {table_digest(state, 'app1', 'orders')}")
-    for label, before, after in (
-        ("app2.products", app2_before, app2_after),
-        ("app3.events", app3_before, app3_after),
-    ):
-        verdict = "untouched" if after == before else "CHANGED"
-        print(f"   {label + ':':<22}{after} ({verdict})")
-    print(
-        "\nEverything is still running. Try:\n"
-        "   eval \"$(make -s demo-env)\"          # KUBECONFIG, PG*, mc alias 'local'\n"
-        "   kubectl get citus-backup -A          # the three kinds (category)\n"
-        f"   kubectl create citusbackup now -n {NAMESPACE} --policy citus\n"
-        f"   logs: {state.log_dir}\n"
-        "Stop it all with: make demo-down"
+    checks = (
+        ("app1.orders", app1_before, app1_after, "restored", "NOT RESTORED"),
+        ("app2.products", app2_before, app2_after, "untouched", "CHANGED"),
+        ("app3.events", app3_before, app3_after, "untouched", "CHANGED"),
     )
-    return 0 if app2_after == app2_before and app3_after == app3_before else 1
+    for label, before, after, good, bad in checks:
+        print(f"   {label + ':':<22}{after} ({good if after == before else bad})")
+    hints = hint_commands()
+    HINTS_FILE.write_text("\n".join(command for command, _ in hints) + "\n")
+    width = max(len(command) for command, _ in hints)
+    print("\nEverything is still running. Try, in any shell:")
+    for command, why in hints:
+        print(f"   {command:<{width}}  # {why}")
+    print(f"   logs: {state.log_dir}")
+    print(f"Stop it all with: make -C {shlex.quote(str(REPO))} demo-down")
+    return 0 if all(before == after for _, before, after, _, _ in checks) else 1
+
+
+# Where ``up`` records the hint commands for hack/demo-check.sh, which runs
+# them in a fresh shell (one command a line, the first one the eval).
+HINTS_FILE = STATE_DIR / "hints.sh"
+
+
+def hint_commands() -> list[tuple[str, str]]:
+    """What the demo suggests next, as (command, why): each works pasted into a
+    fresh shell in any directory, after the first, and can be run repeatedly."""
+    repo = shlex.quote(str(REPO))
+    return [
+        (f'eval "$(make -s -C {repo} demo-env)"', "KUBECONFIG, PG*, mc alias 'local', PATH"),
+        ("kubectl get citus-backup -A", "the three kinds (category)"),
+        (
+            f'kubectl create citusbackup "manual-$(date +%s)" -n {NAMESPACE} --policy citus',
+            "one more on-demand backup",
+        ),
+        (f"kubectl get citusbackups -n {NAMESPACE} -o wide", "the catalogue"),
+        (f"mc ls --recursive local/{BUCKET}", "the backup sets in MinIO"),
+        ("psql -d app1 -c 'SELECT count(*) FROM orders'", "the restored table"),
+    ]
 
 
 def down() -> int:

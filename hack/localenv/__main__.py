@@ -1,4 +1,4 @@
-"""``python -m localenv up|down|status|env``: the demo environment's CLI.
+"""``python -m localenv up|down|status|env|check-clean``: the demo environment's CLI.
 
 ``make demo`` runs ``up`` (via hack/demo.sh) and ``make demo-down`` runs
 ``down``; the logic lives in :mod:`localenv.env`. Run it with ``hack`` on
@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("down", parents=[common], help="stop everything and delete its data")
     sub.add_parser("status", parents=[common], help="say what runs (exit 0 all, 1 some, 3 none)")
     sub.add_parser("env", parents=[common], help='print export lines: eval "$(... env)"')
+    sub.add_parser(
+        "check-clean",
+        parents=[common],
+        help="after `down`: fail listing any process, mount, bridge, netns or chain left behind",
+    )
     sa = sub.add_parser(
         "sa-kubeconfig",
         parents=[common],
@@ -89,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "down": lambda: env.down(state_dir),
         "status": lambda: env.status(state_dir),
         "env": lambda: env.env(state_dir),
+        "check-clean": lambda: env.check_clean(state_dir),
         "sa-kubeconfig": lambda: env.sa_kubeconfig(
             state_dir, args.namespace, args.name, args.output
         ),

@@ -24,16 +24,18 @@ import os
 import shlex
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
-from localenv import node
+from localenv import binaries, node, postgres
 from localenv.binaries import HACK_DIR, binary
 from localenv.kube import KubeInfo
 from localenv.minio import MinioInfo
+from localenv.mounts import PROC_MOUNTS, mounts_below
 from localenv.postgres import PostgresInfo
 from localenv.process import ManagedProcess, StartError
 from localenv.stack import NodeStack
@@ -241,9 +243,15 @@ def _stop(state: DemoState, out: TextIO) -> None:
     for record in reversed(state.processes):
         stop(record.name)
     node.bridge_down()
-    for name in DATA_DIRS:
-        shutil.rmtree(state.state_dir / name, ignore_errors=True)
+    _remove_data(state.state_dir)
     (state.state_dir / STATE_FILE).unlink(missing_ok=True)
+
+
+def _remove_data(state_dir: Path) -> None:
+    """The servers' data, including PostgreSQL's if it had to live in the temp dir."""
+    for name in DATA_DIRS:
+        shutil.rmtree(state_dir / name, ignore_errors=True)
+    shutil.rmtree(postgres.relocated_dir(state_dir / "postgres"), ignore_errors=True)
 
 
 def _start(state_dir: Path, out: TextIO) -> DemoState:
@@ -275,8 +283,7 @@ def _start(state_dir: Path, out: TextIO) -> DemoState:
         # not leave half an environment running (NodeStack.start stopped
         # what it had started; this covers a failure after it).
         stack.stop()
-        for name in DATA_DIRS:
-            shutil.rmtree(state_dir / name, ignore_errors=True)
+        _remove_data(state_dir)
         raise
     finally:
         if stack.lock is not None:
@@ -347,8 +354,7 @@ def down(state_dir: Path, out: TextIO = sys.stdout) -> int:
         state = DemoState.load(state_dir)
         if state is None:
             print(f"nothing to stop: no state in {state_dir}", file=out)
-            for name in DATA_DIRS:
-                shutil.rmtree(state_dir / name, ignore_errors=True)
+            _remove_data(state_dir)
             return 0
         _stop(state, out)
         print(f"stopped; logs kept in {state.log_dir}/", file=out)
@@ -386,12 +392,89 @@ def env(state_dir: Path, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> 
         print(f"localenv: warning: {names} not running; `make demo` restarts", file=err)
     for key, value in state.env().items():
         print(f"export {key}={shlex.quote(value)}", file=out)
-    bins = [state.kube.kubectl.parent]
-    with contextlib.suppress(StartError):  # mc is a convenience, not required
-        bins.append(binary("mc", build=False).parent)
-    path = ":".join(shlex.quote(str(b)) for b in dict.fromkeys(bins))
-    print(f'export PATH={path}:"$PATH"', file=out)
+    print(f'export PATH={shlex.quote(str(tool_dir(state)))}:"$PATH"', file=out)
     return 0
+
+
+# The project's console scripts a demo user types (the kubectl plugins are
+# found by kubectl on PATH); the venv's other executables (python, pip, ...)
+# are deliberately not put on the user's PATH.
+USER_SCRIPTS = ("citus-backup", "kubectl-create-citusbackup", "kubectl-create-citusrestore")
+
+
+def tool_dir(state: DemoState) -> Path:
+    """``<state>/bin``: links to kubectl, mc and :data:`USER_SCRIPTS`, remade on each
+    call so it follows a rebuilt venv or binary cache."""
+    tools = {"kubectl": state.kube.kubectl}
+    with contextlib.suppress(StartError):  # mc is a convenience, not required
+        tools["mc"] = binary("mc", build=False)
+    venv_bin = REPO / ".venv" / "bin"
+    tools.update({name: venv_bin / name for name in USER_SCRIPTS if (venv_bin / name).exists()})
+    bin_dir = state.state_dir / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, target in tools.items():
+        link = bin_dir / name
+        link.unlink(missing_ok=True)
+        link.symlink_to(target)
+    return bin_dir
+
+
+def leftovers(state_dir: Path) -> list[str]:
+    """What a stopped demo must not have left on the machine: processes started
+    from the state dir, the binary cache or the node's run dir; mounts below
+    them; the bridge; pod network namespaces; Kubernetes iptables chains;
+    PostgreSQL's relocated data. Empty when the machine is clean."""
+    found: list[str] = []
+    roots = (state_dir, binaries.cache_dir(), node.RUN_DIR, postgres.relocated_dir(state_dir))
+    me = os.getpid()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == me:
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile
+        words = [w.decode(errors="replace") for w in argv if w]
+        if any(str(root) in word for word in words for root in roots):
+            found.append(f"process {proc.name} still running: {shlex.join(words)[:200]}")
+    mounts = mounts_below_any(roots)
+    found += [f"{point} still mounted" for point in mounts]
+    if Path(f"/sys/class/net/{node.BRIDGE}").exists():
+        found.append(f"bridge {node.BRIDGE} still exists")
+    found += [
+        f"network namespace {p.name} still exists" for p in Path("/var/run/netns").glob("cni-*")
+    ]
+    for tool in ("iptables", "ip6tables"):
+        if shutil.which(tool) is None:
+            continue  # no iptables on the machine: no chains either
+        for table in ("filter", "nat", "mangle"):
+            listing = subprocess.run(
+                [tool, "-t", table, "-S"], capture_output=True, text=True, check=False
+            ).stdout
+            chains = sorted(
+                {line.split()[1] for line in listing.splitlines() if line.startswith("-N KUBE-")}
+            )
+            found += [f"{tool} {table} chain {chain} still exists" for chain in chains]
+    if postgres.relocated_dir(state_dir / "postgres").exists():
+        found.append(f"{postgres.relocated_dir(state_dir / 'postgres')} still exists")
+    return found
+
+
+def mounts_below_any(roots: tuple[Path, ...]) -> list[str]:
+    text = PROC_MOUNTS.read_text()
+    return [point for root in roots for point in mounts_below(text, root)]
+
+
+def check_clean(state_dir: Path, out: TextIO = sys.stdout) -> int:
+    """Exit 0 when :func:`leftovers` finds nothing, else list them and exit 1."""
+    found = leftovers(state_dir)
+    for line in found:
+        print(f"localenv: leftover: {line}", file=out)
+    if not found:
+        print(
+            "localenv: nothing left behind (processes, mounts, bridge, netns, iptables)", file=out
+        )
+    return 1 if found else 0
 
 
 def sa_kubeconfig(

@@ -186,6 +186,9 @@ def test_citus_metadata_serializes_in_the_manifest() -> None:
         "distributionColumn": "id",
         "colocationId": 2,
         "shardCount": 8,
+        "schemaName": None,
+        "relationName": None,
     }
+    assert meta.tables[0].names == ("public", "events")  # an older manifest's row
     assert data["citus"]["nodes"][0]["shouldHaveShards"] is False
     assert DatabaseEntry.model_validate(data) == with_citus

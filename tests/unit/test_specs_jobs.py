@@ -395,3 +395,17 @@ def test_runner_accepts_the_job(case: str) -> None:
     assert s3.bucket == env["S3_BUCKET"]
     assert s3.secure is env["S3_ENDPOINT"].startswith("https://")
     runner_config.pg_config(env)
+
+
+def test_block_writes_consistency_reaches_the_runner() -> None:
+    from citus_backup import cli  # noqa: PLC0415
+
+    data = sample_policy().model_dump(by_alias=True, exclude_none=True, mode="json")
+    data["spec"]["dump"] = {"consistency": "blockWrites"}
+    policy = CitusBackupPolicy.model_validate(data)
+    job = build_backup_job(policy, backup(), image=IMAGE, backup_id="20261127T030000Z")
+    args = job.spec.template.spec.containers[0].args
+    assert args[args.index("--consistency") + 1] == "block-writes"
+    assert cli.build_parser().parse_args(args).consistency == "block-writes"
+    default = build_backup_job(sample_policy(), backup(), image=IMAGE, backup_id="x")
+    assert "--consistency" not in default.spec.template.spec.containers[0].args

@@ -182,6 +182,10 @@ class ConditionType(StrEnum):
     SUCCEEDED = "Succeeded"
     #: CitusBackup: whether its data is still in the bucket (False once expired).
     RESTORABLE = "Restorable"
+    #: CitusRestore of a Citus backup: True when the distribution was rebuilt
+    #: (and checked against the backup), False when the target has no Citus and
+    #: the tables came back local. Absent for backups without Citus.
+    CITUS_DISTRIBUTED = "CitusDistributed"
 
 
 class Reason(StrEnum):
@@ -226,6 +230,9 @@ class Reason(StrEnum):
     # catalogue (is a backup's data still in the bucket)
     DATA_PRESENT = "DataPresent"
     DATA_EXPIRED = "DataExpired"
+    # Citus distribution of a restore
+    DISTRIBUTION_RESTORED = "DistributionRestored"
+    CITUS_UNAVAILABLE = "CitusUnavailable"
 
 
 #: Reasons each condition type may carry (documentation, and checked by tests).
@@ -291,6 +298,9 @@ REASONS_BY_CONDITION: dict[ConditionType, frozenset[Reason]] = {
         }
     ),
     ConditionType.RESTORABLE: frozenset({Reason.DATA_PRESENT, Reason.DATA_EXPIRED}),
+    ConditionType.CITUS_DISTRIBUTED: frozenset(
+        {Reason.DISTRIBUTION_RESTORED, Reason.CITUS_UNAVAILABLE}
+    ),
 }
 
 ConditionStatus = Literal["True", "False", "Unknown"]

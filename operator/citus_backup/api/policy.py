@@ -401,6 +401,15 @@ class DumpOptions(ApiModel):
         description="Compression level 0-9 of the dumps (pg_dump --compress; 0: none, "
         "1: fast, 9: smallest and slowest).",
     )
+    consistency: Literal["snapshot", "blockWrites"] = Field(
+        "snapshot",
+        description="How consistent a Citus database's dump is under concurrent writes. "
+        "snapshot: one coordinator snapshot; each distributed table's shards are read in "
+        "their own worker transactions, so rows written during the dump may be in one "
+        "table and not in another. blockWrites: writes to the database's Citus tables "
+        "wait (reads go on) while it is dumped, so all its tables are from one moment "
+        "and its row counts are exact. No effect on databases without Citus.",
+    )
 
 
 # --------------------------------------------------------------------------- job template

@@ -212,6 +212,12 @@ class CitusRestoreStatus(StatusModel):
     restored_databases: tuple[str, ...] = Field(
         (), description="Databases restored (target names)."
     )
+    verification: tuple[str, ...] = Field(
+        (),
+        description="What the restore checked before making each database live, one line "
+        "per database: row counts against those recorded at backup time, and for Citus the "
+        "distribution (types, distribution columns, shard counts, colocation).",
+    )
     message: Annotated[str, Field(max_length=32768)] | None = Field(
         None, description="Human-readable result or failure cause; never contains credentials."
     )
@@ -219,7 +225,9 @@ class CitusRestoreStatus(StatusModel):
         None, description="metadata.generation the status was computed for."
     )
     conditions: tuple[Condition, ...] = conditions_field(
-        "Succeeded: Unknown while pending or running, then True or False."
+        "Succeeded: Unknown while pending or running, then True or False. CitusDistributed "
+        "(backups with Citus only): True when the distribution was rebuilt, False when the "
+        "target has no Citus and the tables came back local."
     )
 
 

@@ -77,6 +77,19 @@ def latest_successful(
     return max(candidates, key=lambda b: (b.status.completion_time, b.name), default=None)
 
 
+def citus_condition(citus: dict[str, Any]) -> tuple[bool, Reason, str] | None:
+    """The CitusDistributed condition from the runner summary's ``citus``
+    (target -> {"mode": "distributed" | "local", ...}); None without Citus."""
+    if not citus:
+        return None
+    local = sorted(db for db, info in citus.items() if info.get("mode") == "local")
+    if local:
+        detail = "; ".join(str(citus[db].get("message") or db) for db in local)
+        return False, Reason.CITUS_UNAVAILABLE, detail
+    names = ", ".join(sorted(citus))
+    return True, Reason.DISTRIBUTION_RESTORED, f"Citus distribution rebuilt and checked: {names}"
+
+
 def targets_of(restore: CitusRestore, backup: CitusBackup) -> list[str]:
     """The databases a restore writes (target names)."""
     spec = restore.spec
@@ -179,6 +192,7 @@ class RestoreReconciler:
             if not databases and source is not None:
                 databases = targets_of(restore, source)
             names = ", ".join(databases) or "nothing"
+            verified = result.summary.get("verified") or {}
             self._finish(
                 restore,
                 Phase.SUCCEEDED,
@@ -187,7 +201,11 @@ class RestoreReconciler:
                 f"{source.status.backup_id if source else restore.status.backup_id} "
                 f"({source_name or 'unknown'})",
                 state.completion_time,
-                {"restoredDatabases": databases},
+                {
+                    "restoredDatabases": databases,
+                    "verification": [f"{db}: {text}" for db, text in sorted(verified.items())],
+                },
+                citus_condition(result.summary.get("citus") or {}),
             )
             return None
         if result.progress is Progress.FAILED:
@@ -285,13 +303,14 @@ class RestoreReconciler:
 
     # ------------------------------------------------------------------ status
 
-    def _patch(
+    def _patch(  # noqa: PLR0917
         self,
         restore: CitusRestore,
         phase: Phase,
         reason: str,
         message: str,
         extra: dict[str, Any] | None = None,
+        citus: tuple[bool, Reason, str] | None = None,
     ) -> None:
         succeeded: bool | None = None
         if phase is Phase.SUCCEEDED:
@@ -306,13 +325,25 @@ class RestoreReconciler:
             now=self.deps.clock(),
             observed_generation=restore.metadata.generation,
         )
+        conditions = set_condition(restore.status.conditions, condition)
+        if citus is not None:
+            distributed, citus_reason, citus_message = citus
+            conditions = set_condition(
+                conditions,
+                make_condition(
+                    ConditionType.CITUS_DISTRIBUTED,
+                    distributed,
+                    citus_reason,
+                    citus_message,
+                    now=self.deps.clock(),
+                    observed_generation=restore.metadata.generation,
+                ),
+            )
         status: dict[str, Any] = {
             "phase": str(phase),
             "message": message,
             "observedGeneration": restore.metadata.generation,
-            "conditions": [
-                c.to_dict() for c in set_condition(restore.status.conditions, condition)
-            ],
+            "conditions": [c.to_dict() for c in conditions],
         }
         for key, value in (extra or {}).items():
             if value is not None:
@@ -330,10 +361,15 @@ class RestoreReconciler:
         message: str,
         completed: datetime | None = None,
         extra: dict[str, Any] | None = None,
+        citus: tuple[bool, Reason, str] | None = None,
     ) -> None:
         extra = dict(extra or {})
         extra["completionTime"] = time_str(completed or self.deps.clock())
-        self._patch(restore, phase, reason, message, extra)
+        self._patch(restore, phase, reason, message, extra, citus)
+        if citus is not None and not citus[0]:
+            self.deps.events.emit(
+                ref_body(restore), WARNING, str(Reason.CITUS_UNAVAILABLE), citus[2]
+            )
         ok = phase is Phase.SUCCEEDED
         self.deps.events.emit(
             ref_body(restore),

@@ -71,6 +71,8 @@ if TYPE_CHECKING:
         DatabaseEntry,
         Manifest,
         ObjectInfo,
+        RowCount,
+        TableRef,
     )
     from citus_backup.runner.s3 import S3Store
 
@@ -97,12 +99,24 @@ class BackupOptions:
     globals: bool = True
     role_passwords: bool = True
     lock_wait_timeout: str | None = None
+    #: ``snapshot`` or ``block-writes`` (:data:`BLOCK_WRITES`): see :meth:`_Backup._block_writes`.
+    consistency: str = "snapshot"
+    #: Count every table's rows after its dump, for the restore to check against.
+    row_counts: bool = True
     progress_interval: float = DEFAULT_INTERVAL
     #: After success, untag this set and re-tag the previously protected one
     #: (:mod:`.protect`): the newest successful set of each tier never expires.
     keep_newest: bool = True
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
+
+#: ``--consistency block-writes``: writes to a Citus database's Citus tables
+#: wait while it is dumped.
+BLOCK_WRITES = "block-writes"
+CONSISTENCY_CHOICES = ("snapshot", BLOCK_WRITES)
+#: How long ``block-writes`` waits for its locks when --lock-wait-timeout is
+#: not given: long-running writes are waited for, a stuck one fails the run.
+DEFAULT_BLOCK_WRITES_WAIT = "60s"
 
 #: How long the S3 set-up waits for the first pg_dumps to start (see
 #: :meth:`_Backup.run`); past it, it goes ahead anyway.
@@ -434,6 +448,38 @@ class _Backup:
         slot: _Slot,
     ) -> DatabaseEntry:
         started = _now()
+        blocker = self._block_writes(name, shown)
+        try:
+            return self._dump_blocked(
+                conn,
+                uploader,
+                location,
+                name,
+                shown,
+                server,
+                pg_dump_started,
+                slot,
+                started,
+                exact=blocker is not None,
+            )
+        finally:
+            if blocker is not None:
+                blocker.close()  # rolls back: the locks go, writers resume
+
+    def _dump_blocked(  # noqa: PLR0917 - one step of _dump_in_slot
+        self,
+        conn: pg.Connection,
+        uploader: StreamUploader,
+        location: layout.SetLocation,
+        name: str,
+        shown: str,
+        server: pg.ServerInfo,
+        pg_dump_started: Callable[[], None],
+        slot: _Slot,
+        started: datetime,
+        *,
+        exact: bool,
+    ) -> DatabaseEntry:
         snapshot = self._export_snapshot(conn, shown)
         argv = [pg.tool("pg_dump"), "-Fc", f"--compress={self.options.compress}", "-w"]
         if snapshot:
@@ -468,12 +514,13 @@ class _Backup:
         exts = pg.extensions(conn)
         schemas, roles = pg.schemas_and_roles(conn)
         citus = self._citus(conn, shown, {e.name: e.version for e in exts})
-        conn.rollback()
         assert listing is not None
         from citus_backup.runner.manifest import DatabaseEntry  # noqa: PLC0415 (lazy: module doc)
         from citus_backup.runner.toc import TocParser  # noqa: PLC0415 (lazy: module doc)
 
         toc_summary = TocParser(schemas, roles).feed_all(listing).summary()
+        counts = self._row_counts(conn, shown, toc_summary.tables, citus, exact=exact)
+        conn.rollback()
         return DatabaseEntry(
             name=name,
             object=info.model(),
@@ -481,9 +528,87 @@ class _Backup:
             toc=toc_summary,
             extensions=tuple(exts),
             citus=citus,
+            row_counts=counts,
             started_at=started,
             finished_at=_now(),
         )
+
+    def _row_counts(
+        self,
+        conn: pg.Connection,
+        shown: str,
+        tables: Sequence[TableRef],
+        citus: CitusMetadata | None,
+        *,
+        exact: bool,
+    ) -> tuple[RowCount, ...]:
+        """``count(*)`` of every dumped table, in the dump's session after it.
+
+        One scan per table, cheaper than the dump's own read; exact for plain
+        tables (same snapshot as pg_dump), and for Citus tables only when their
+        writes were blocked (their rows come from the shards, read in worker
+        transactions by the dump and again by this count). A count that cannot
+        be taken (no privilege, say) leaves the database without counts: the
+        restore then checks none, and says so.
+        """
+        if not self.options.row_counts or not tables:
+            return ()
+        from citus_backup.runner.manifest import RowCount  # noqa: PLC0415 (lazy: module doc)
+
+        citus_names = {t.names for t in citus.tables} if citus is not None else set()
+        try:
+            with conn.transaction():  # a savepoint: a failure leaves the snapshot usable
+                counts = pg.count_rows(conn, [(t.schema_name, t.name) for t in tables])
+        except (psycopg.Error, CitusBackupError) as exc:
+            log.warning(
+                "database %s: no row counts (%s); a restore will not check them",
+                shown,
+                pg.one_line(str(exc)),
+            )
+            return ()
+        return tuple(
+            RowCount(
+                schema=schema,
+                name=table,
+                rows=rows,
+                exact=exact or (schema, table) not in citus_names,
+            )
+            for (schema, table), rows in counts
+        )
+
+    def _block_writes(self, name: str, shown: str) -> pg.Connection | None:
+        """``--consistency block-writes``: a session holding EXCLUSIVE locks on
+        every Citus table of ``name`` (Citus takes them on the shards too), so
+        writes wait and reads go on; the caller closes it when the dump and the
+        counts are done. None when not asked for or the database has no Citus."""
+        if self.options.consistency != BLOCK_WRITES:
+            return None
+        conn = self.pg.connect(name, autocommit=False)
+        try:
+            with pg.errors_as(f"block writes to the Citus tables of database {shown}"):
+                has_citus = conn.execute(
+                    "SELECT 1 FROM pg_extension WHERE extname = 'citus'"
+                ).fetchone()
+                if not has_citus:
+                    conn.close()
+                    return None
+                names = [
+                    str(row[0])
+                    for row in conn.execute(
+                        "SELECT format('%I.%I', n.nspname, c.relname) FROM citus_tables t"
+                        " JOIN pg_class c ON c.oid = t.table_name"
+                        " JOIN pg_namespace n ON n.oid = c.relnamespace ORDER BY 1"
+                    )
+                ]
+                wait = self.options.lock_wait_timeout or DEFAULT_BLOCK_WRITES_WAIT
+                conn.execute("SELECT set_config('lock_timeout', %s, true)", (wait,))
+                if names:
+                    conn.execute(f"LOCK TABLE {', '.join(names)} IN EXCLUSIVE MODE".encode())
+        except BaseException:
+            conn.close()
+            raise
+        log.info("database %s: writes to %d Citus table(s) blocked for the dump", shown, len(names))
+        return conn
 
     def _export_snapshot(self, conn: pg.Connection, shown: str) -> str | None:
         """A snapshot for pg_dump, so metadata and dump agree (None: not possible)."""
@@ -512,7 +637,20 @@ class _Backup:
         with pg.errors_as(f"read Citus metadata of database {shown}"):
             tables = pg.rows_as_dicts(conn, citus.CITUS_TABLES_QUERY)
             nodes = pg.rows_as_dicts(conn, citus.DIST_NODE_QUERY)
-        return citus.citus_metadata(extensions["citus"], tables, nodes)
+            schemas = pg.rows_as_dicts(conn, citus.CITUS_SCHEMAS_QUERY)
+            settings = {
+                str(row[0]): str(row[1])
+                for row in conn.execute(citus.SETTINGS_QUERY, (list(citus.SETTINGS),))
+            }
+            build_row = conn.execute("SELECT citus_version()").fetchone()
+        return citus.citus_metadata(
+            extensions["citus"],
+            tables,
+            nodes,
+            schemas=schemas,
+            settings=settings,
+            build=str(build_row[0]) if build_row else None,
+        )
 
     # ---------------------------------------------------------------- run
     def run(self) -> Manifest:
@@ -528,11 +666,12 @@ class _Backup:
         self.summary.location = location.url(bucket)
         self.summary.tiers = tiers
 
-        for tool in ("pg_dump", "pg_dumpall", "pg_restore"):
-            pg.tool(tool)
         with self.pg.session(self.pg_config.maintenance_db) as conn:
             server = pg.server_info(conn)
             names = select_databases(pg.list_databases(conn), options.include, options.exclude)
+        pg.choose_client(server.version_num // 10000, f"a backup of PostgreSQL {server.version}")
+        for tool in ("pg_dump", "pg_dumpall", "pg_restore"):
+            pg.tool(tool)
         jobs = options.jobs or default_jobs(options.cpus, len(names))
         log.info(
             "backup %s: %d database(s) from %s with %d job(s) to %s",
@@ -613,6 +752,7 @@ class _Backup:
             server_version_num=server.version_num,
             pg_dump_version=pg_dump_version,
             compression=options.compress,
+            consistency="blockWrites" if options.consistency == BLOCK_WRITES else "snapshot",
             globals=globals_info.model() if globals_info is not None else None,
             databases=tuple(entries[name] for name in names),
         )

@@ -225,6 +225,19 @@ def register(subparsers: Any) -> None:
         "--lock-wait-timeout", metavar="TIMEOUT", help="pg_dump --lock-wait-timeout (e.g. 5min)"
     )
     backup.add_argument(
+        "--consistency",
+        choices=("snapshot", "block-writes"),
+        default="snapshot",
+        help="Citus databases: snapshot (default; shards are read in their own worker "
+        "transactions) or block-writes (writes to Citus tables wait while the database is "
+        "dumped, so every table is from one moment); see docs/citus.md",
+    )
+    backup.add_argument(
+        "--no-row-counts",
+        action="store_true",
+        help="do not count each table's rows after its dump (a restore then checks none)",
+    )
+    backup.add_argument(
         "--no-keep-newest",
         action="store_true",
         help="do not move expiry protection to this set after success (by default the set "
@@ -439,6 +452,8 @@ def _backup(args: argparse.Namespace) -> int:
             globals=not args.no_globals,
             role_passwords=not args.no_role_passwords,
             lock_wait_timeout=args.lock_wait_timeout,
+            consistency=args.consistency,
+            row_counts=not args.no_row_counts,
             progress_interval=args.progress_interval,
             keep_newest=not args.no_keep_newest,
         )

@@ -64,13 +64,37 @@ class Extension(_Model):
 
 
 class CitusTable(_Model):
-    """One row of Citus' ``citus_tables`` view."""
+    """One row of Citus' ``citus_tables`` view.
+
+    ``citus_table_type`` is ``distributed``, ``reference``, ``local`` (a
+    Citus-local table) or ``schema`` (a table of a distributed schema).
+    ``schema_name``/``relation_name`` are the exact names (``table_name`` is
+    the regclass text, which depends on the search_path); manifests written
+    before they were recorded lack them.
+    """
 
     table_name: str
     citus_table_type: str
     distribution_column: str | None = None
     colocation_id: int | None = None
     shard_count: int | None = None
+    schema_name: str | None = None
+    relation_name: str | None = None
+
+    @property
+    def names(self) -> tuple[str, str]:
+        """(schema, table); from ``table_name`` for older manifests."""
+        if self.schema_name is not None and self.relation_name is not None:
+            return self.schema_name, self.relation_name
+        schema, _, name = self.table_name.rpartition(".")
+        return (schema or "public").strip('"'), name.strip('"')
+
+
+class CitusSchema(_Model):
+    """A distributed schema (schema-based sharding, ``citus_schemas``)."""
+
+    schema_name: str
+    colocation_id: int
 
 
 class CitusNode(_Model):
@@ -86,9 +110,32 @@ class CitusNode(_Model):
 
 
 class CitusMetadata(_Model):
+    """What a restore needs to rebuild the distribution (see :mod:`.citus`)."""
+
     version: str
     tables: tuple[CitusTable, ...] = ()
     nodes: tuple[CitusNode, ...] = ()
+    schemas: tuple[CitusSchema, ...] = ()
+    #: Settings that change how a restore behaves (``citus.*``), as ``SHOW`` gives them.
+    settings: dict[str, str] = Field(default_factory=dict)
+    #: The full ``citus_version()`` text.
+    build: str | None = None
+
+    @property
+    def coordinator_in_metadata(self) -> bool:
+        return any(node.group_id == 0 for node in self.nodes)
+
+
+class RowCount(_Model):
+    """Rows of one table at backup time. ``exact`` when counted in the snapshot
+    the dump used (plain tables) or while distributed writes were blocked;
+    otherwise a distributed count taken right after the dump (it can differ
+    from the dump by the rows written meanwhile)."""
+
+    schema_name: str = Field(alias="schema")
+    name: str
+    rows: int = Field(ge=0)
+    exact: bool = True
 
 
 class AclItem(_Model):
@@ -131,6 +178,7 @@ class DatabaseEntry(_Model):
     toc: TocSummary
     extensions: tuple[Extension, ...] = ()
     citus: CitusMetadata | None = None
+    row_counts: tuple[RowCount, ...] = ()
     started_at: datetime
     finished_at: datetime
 
@@ -148,6 +196,10 @@ class Manifest(_Model):
     server_version_num: int
     pg_dump_version: str
     compression: str
+    #: ``snapshot`` (one coordinator snapshot; shards read in their own worker
+    #: transactions) or ``blockWrites`` (writes to Citus tables blocked while
+    #: each database was dumped): see docs/citus.md.
+    consistency: str = "snapshot"
     globals: ObjectInfo | None = None
     databases: tuple[DatabaseEntry, ...] = ()
 

@@ -12,8 +12,8 @@ Why this shape:
 * libpq's and the tools' error text is classified into the project's errors
   (wrong password: permanent; server unreachable: transient) and reduced to
   one line.
-* The in-place swap of a database (:func:`swap_databases`) is the one place
-  that disconnects other sessions; see its docstring.
+* Swapping and renaming databases on every node lives in :mod:`.cluster`,
+  the one place that disconnects other sessions.
 """
 
 from __future__ import annotations
@@ -55,9 +55,6 @@ log = logging.getLogger("citus_backup.runner")
 _F_SETPIPE_SZ = 1031
 PIPE_SIZE = 1024 * 1024
 STDERR_LINES = 40
-#: How long the swap waits for terminated sessions to go away, per attempt.
-TERMINATE_WAIT = 10.0
-SWAP_ATTEMPTS = 5
 
 Connection = psycopg.Connection[Any]
 
@@ -342,6 +339,23 @@ def rows_as_dicts(conn: Connection, query: str) -> list[dict[str, Any]]:
     return list(cur.execute(query).fetchall())
 
 
+def count_rows(
+    conn: Connection, tables: Sequence[tuple[str, str]]
+) -> list[tuple[tuple[str, str], int]]:
+    """``count(*)`` of each (schema, table), in one statement (one round trip)."""
+    if not tables:
+        return []
+    parts = [
+        sql.SQL("SELECT {}::int AS i, count(*) FROM {}").format(
+            sql.Literal(i), sql.Identifier(schema, table)
+        )
+        for i, (schema, table) in enumerate(tables)
+    ]
+    rows = conn.execute(sql.SQL(" UNION ALL ").join(parts)).fetchall()
+    found = {int(row[0]): int(row[1]) for row in rows}
+    return [(tables[i], found[i]) for i in range(len(tables))]
+
+
 def role_exists(conn: Connection, role: str) -> bool:
     with errors_as(f"look up role {quote_name(role)}"):
         return (
@@ -401,7 +415,8 @@ def terminate_backends(conn: Connection, name: str) -> int:
     return len(rows)
 
 
-def _sessions(conn: Connection, name: str) -> int:
+def sessions(conn: Connection, name: str) -> int:
+    """Other sessions on database ``name``."""
     row = conn.execute(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
         (name,),
@@ -427,81 +442,25 @@ def rename_database(conn: Connection, old: str, new: str) -> None:
     )
 
 
-def swap_databases(conn: Connection, target: str, replacement: str, old_name: str) -> None:
-    """Atomically make ``replacement`` the database called ``target``.
-
-    1. ``ALTER DATABASE target ALLOW_CONNECTIONS false``: no new session
-       (client or background worker) can connect from now on;
-    2. ``pg_terminate_backend`` every session still on it and wait for them
-       to exit;
-    3. in ONE transaction, ``target -> old_name`` and ``replacement -> target``
-       (ALTER DATABASE RENAME is transactional): other sessions see either the
-       old database or the new one under the name, never neither.
-
-    A session that sneaks in (an extension's worker that bypasses
-    ALLOW_CONNECTIONS) makes the rename fail with "being accessed by other
-    users": the loop terminates and retries. If the swap cannot be done, the
-    old database keeps its name and gets its connections back. The old
-    database is left as ``old_name`` (still refusing connections) for the
-    caller to drop or keep.
-    """
-    set_allow_connections(conn, target, False)
-    try:
-        terminated = 0
-        for attempt in range(1, SWAP_ATTEMPTS + 1):
-            terminated += terminate_backends(conn, target)
-            deadline = time.monotonic() + TERMINATE_WAIT
-            while _sessions(conn, target) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            try:
-                with conn.transaction():
-                    conn.execute(
-                        sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                            sql.Identifier(target), sql.Identifier(old_name)
-                        )
-                    )
-                    conn.execute(
-                        sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                            sql.Identifier(replacement), sql.Identifier(target)
-                        )
-                    )
-            except psycopg.errors.ObjectInUse as exc:
-                log.info(
-                    "swap of database %s: still in use after terminating %d session(s)"
-                    " (attempt %d/%d)",
-                    quote_name(target),
-                    terminated,
-                    attempt,
-                    SWAP_ATTEMPTS,
-                )
-                if attempt == SWAP_ATTEMPTS:
-                    raise translate(exc, f"swap database {quote_name(target)}") from exc
-                continue
-            except psycopg.Error as exc:
-                raise translate(exc, f"swap database {quote_name(target)}") from exc
-            log.info(
-                "swapped database %s (terminated %d session(s)); previous one is %s",
-                quote_name(target),
-                terminated,
-                quote_name(old_name),
-            )
-            return
-    except BaseException:
-        with contextlib.suppress(CitusBackupError):
-            set_allow_connections(conn, target, True)
-        raise
-
-
 # ------------------------------------------------------------ subprocesses
 
 
+#: Debian installs each PostgreSQL major's client tools side by side here
+#: (``/usr/lib/postgresql/<major>/bin``); :func:`choose_client` picks one.
+DEBIAN_CLIENTS = "/usr/lib/postgresql"
+#: The bin directory :func:`choose_client` picked (None: $PG_BINDIR or PATH).
+_chosen_bindir: str | None = None
+_VERSION = re.compile(r"\(PostgreSQL\) (\d+)(?:\.(\d+))?")
+
+
 def tool(name: str) -> str:
-    """Absolute path of a PostgreSQL client tool ($PG_BINDIR, else PATH)."""
-    bindir = os.environ.get("PG_BINDIR")
-    if bindir:
-        candidate = os.path.join(bindir, name)
-        if os.access(candidate, os.X_OK):
-            return candidate
+    """Absolute path of a PostgreSQL client tool: $PG_BINDIR, else the client
+    :func:`choose_client` picked, else PATH."""
+    for bindir in (os.environ.get("PG_BINDIR"), _chosen_bindir):
+        if bindir:
+            candidate = os.path.join(bindir, name)
+            if os.access(candidate, os.X_OK):
+                return candidate
     found = shutil.which(name)
     if not found:
         raise PermanentError(
@@ -509,6 +468,45 @@ def tool(name: str) -> str:
             reason="ToolNotFound",
         )
     return found
+
+
+def major_of(version_text: str) -> int | None:
+    """``pg_dump (PostgreSQL) 15.20 (Debian ...)`` or ``15.20`` -> 15."""
+    match = _VERSION.search(version_text) or re.match(r"(\d+)", version_text.strip())
+    return int(match.group(1)) if match else None
+
+
+def installed_clients(root: str = DEBIAN_CLIENTS) -> dict[int, str]:
+    """major -> bin directory of each client installed in Debian's layout."""
+    found: dict[int, str] = {}
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(root):
+            bindir = os.path.join(root, entry, "bin")
+            if entry.isdigit() and os.access(os.path.join(bindir, "pg_dump"), os.X_OK):
+                found[int(entry)] = bindir
+    return found
+
+
+def choose_client(needed_major: int, what: str, root: str = DEBIAN_CLIENTS) -> int:
+    """Use the oldest installed client of major ``needed_major`` or newer (unless
+    $PG_BINDIR names one), and refuse, before anything is done, a client older
+    than that: pg_dump cannot dump a newer server, and pg_restore cannot read
+    a newer pg_dump's archive. Returns the client's major."""
+    global _chosen_bindir  # noqa: PLW0603 - one choice per run, read by tool()
+    if not os.environ.get("PG_BINDIR"):
+        usable = {m: d for m, d in installed_clients(root).items() if m >= needed_major}
+        _chosen_bindir = usable[min(usable)] if usable else None
+    version = tool_version("pg_dump")
+    major = major_of(version)
+    if major is None or major < needed_major:
+        raise PermanentError(
+            f"{what} needs PostgreSQL client tools of major version {needed_major} or newer, "
+            f"but the newest here is {version or 'unknown'} ({tool('pg_dump')}); use an image "
+            f"with postgresql-client-{needed_major} (README: Server versions) or set PG_BINDIR; "
+            "nothing was done",
+            reason="ClientTooOld",
+        )
+    return major
 
 
 def tool_version(name: str) -> str:

@@ -13,17 +13,29 @@ Every database is restored into a new temporary database
   Later passes use ``If-Match`` on the first pass' ETag, so the object cannot
   change between passes unnoticed.
 * **Sections and hooks.** Between sections :class:`RestoreHooks` is called
-  with the temporary database, the point where a Citus-aware step can
-  redistribute tables (after ``pre-data``) before data arrives.
-* **Atomic swap.** An existing target is replaced only with ``--replace``:
-  connections to it are blocked, its sessions (clients and extension
-  workers) terminated, and both renames happen in one transaction
-  (:func:`.pg.swap_databases`); the previous database is then dropped, or kept
-  as ``<name>_old_<backup id>`` with ``--keep-old``.
+  with the temporary database. For a database backed up with Citus and
+  restored into a Citus cluster, the temporary database is created on every
+  node and the distribution is rebuilt after ``pre-data``, before data
+  arrives (:mod:`.rebuild`); into PostgreSQL without Citus, the ``citus``
+  extension is left out of the dump's table of contents and the tables come
+  back local, which the summary says (``citus``).
+* **Verification.** Before anything is swapped, the restored database is
+  compared with the manifest: row counts, and the Citus distribution (types,
+  distribution columns, shard counts, colocation). A difference fails the
+  restore, naming the table (:func:`.rebuild.verify`).
+* **Atomic swap, on every node.** An existing target is replaced only with
+  ``--replace``: both databases are closed to connections on every node,
+  their sessions (clients, the Citus maintenance daemon) terminated, and the
+  renames done as one decision across the nodes (:mod:`.cluster`); the
+  previous database is then dropped on every node, or kept as
+  ``<name>_old_<backup id>`` with ``--keep-old``.
 * **Tables and schemas** (``--table``/``--schema``) are copied out of the
   verified temporary database with ``pg_dump -t/-n`` (which brings indexes,
   constraints, triggers and owned sequences along) into the target with
-  ``pg_restore --single-transaction``: all of it or nothing.
+  ``pg_restore --single-transaction``: all of it or nothing. Into a Citus
+  database, the copy is one ``psql --single-transaction`` of the tables'
+  pre-data, their distribution as recorded (joining the group of a table
+  they were colocated with that is still there), data and post-data.
 * **Everything** restores globals (roles, tablespaces) with psql, keeping the
   connecting role's current password, then every database; all targets are
   checked before anything is changed. Databases not named are never touched.
@@ -34,9 +46,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import secrets
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -48,9 +62,19 @@ import psycopg
 from psycopg import sql
 
 from citus_backup.errors import CitusBackupError, PermanentError
-from citus_backup.runner import dbprops, layout, listing, pg
+from citus_backup.runner import citus, dbprops, faults, layout, listing, pg, rebuild
+from citus_backup.runner.cluster import (
+    Cluster,
+    Node,
+    Sessions,
+    citus_available,
+    has_citus,
+    rename_all,
+    topology,
+)
+from citus_backup.runner.cluster import closed as cluster_closed
 from citus_backup.runner.config import PgConfig, S3Config
-from citus_backup.runner.manifest import DatabaseEntry, Manifest
+from citus_backup.runner.manifest import CitusMetadata, CitusTable, DatabaseEntry, Manifest
 from citus_backup.runner.progress import DEFAULT_INTERVAL, Counter, Progress
 from citus_backup.runner.s3 import RangedRead, S3Store
 from citus_backup.runner.selection import default_jobs, quote_name
@@ -107,6 +131,24 @@ class RestoreOptions:
     cpus: int = 1
     progress_interval: float = DEFAULT_INTERVAL
     hooks: RestoreHooks = field(default_factory=NoHooks)
+    #: Citus workers (host, port) to restore onto, instead of those the target
+    #: database (or else the maintenance database, else the backup) names.
+    citus_workers: Sequence[tuple[str, int]] = ()
+
+
+#: How a database is restored (:meth:`_Restore.plan_database`).
+PLAIN, DISTRIBUTED, LOCAL = "plain", "distributed", "local"
+
+
+@dataclass
+class DatabasePlan:
+    """One database's restore: ``plain`` (no Citus in the backup), ``distributed``
+    (rebuilt on the cluster's nodes) or ``local`` (a Citus backup into a server
+    without Citus: the extension is left out and the tables come back local)."""
+
+    mode: str
+    cluster: Cluster
+    list_file: str | None = None  # pg_restore -L, for ``local``
 
 
 class _Feed:
@@ -180,6 +222,7 @@ class _Restore:
         self.version_num = 0
         self.location: layout.SetLocation | None = None
         self.manifest: Manifest | None = None
+        self._temp_files: list[str] = []
 
     # ---------------------------------------------------------- locating
     def resolve(self) -> tuple[layout.SetLocation, Manifest]:
@@ -229,6 +272,7 @@ class _Restore:
         section: str,
         etag: str | None,
         counter: Counter | None,
+        plan: DatabasePlan | None = None,
     ) -> str:
         """One pg_restore pass fed from S3; returns the object's ETag.
 
@@ -239,14 +283,12 @@ class _Restore:
         verify = section == "data"
         expected = entry.object
         what = f"restore ({section}) of database {quote_name(entry.name)}"
-        argv = [
-            pg.tool("pg_restore"),
-            *self._restore_args(),
-            f"--section={section}",
-            "-d",
-            self.pg_config.conninfo(database),
-        ]
-        child = self.children.start(argv, self.env, stdin=subprocess.PIPE, label="pg_restore")
+        argv = [pg.tool("pg_restore"), *self._restore_args(), f"--section={section}"]
+        if plan is not None and plan.list_file is not None:
+            argv += ["-L", plan.list_file]
+        argv += ["-d", self.pg_config.conninfo(database)]
+        env = self._section_env(plan)
+        child = self.children.start(argv, env, stdin=subprocess.PIPE, label="pg_restore")
         feed = _Feed(child, expected.size, verify, counter, self.children.cancelled)
         try:
             if verify:
@@ -279,8 +321,26 @@ class _Restore:
             raise checksum_error(what, f"{feed.size} bytes read, manifest says {expected.size}")
         return etag
 
-    def restore_into(self, entry: DatabaseEntry, key: str, database: str, target: str) -> None:
-        """The three sections into ``database`` with the hooks in between."""
+    def _section_env(self, plan: DatabasePlan | None) -> dict[str, str]:
+        """pg_restore's environment; for a Citus rebuild with the session
+        settings of :data:`.citus.RESTORE_SESSION_SETTINGS` added to PGOPTIONS."""
+        if plan is None or plan.mode != DISTRIBUTED:
+            return self.env
+        extra = " ".join(f"-c {name}={value}" for name, value in citus.RESTORE_SESSION_SETTINGS)
+        env = dict(self.env)
+        env["PGOPTIONS"] = f"{env.get('PGOPTIONS', '')} {extra}".strip()
+        return env
+
+    def restore_into(
+        self,
+        entry: DatabaseEntry,
+        key: str,
+        database: str,
+        target: str,
+        plan: DatabasePlan | None = None,
+    ) -> None:
+        """The three sections into ``database`` with the hooks in between
+        (and, for a Citus rebuild, the distribution after ``pre-data``)."""
         counter = self.progress.track(quote_name(entry.name))
         etag: str | None = None
         for section in SECTIONS:
@@ -291,9 +351,61 @@ class _Restore:
                 section=section,
                 etag=etag,
                 counter=counter if section == "data" else None,
+                plan=plan,
             )
+            faults.point(section)
+            if section == "pre-data" and plan is not None and plan.mode == DISTRIBUTED:
+                assert entry.citus is not None
+                with self.pg.session(database) as conn:
+                    rebuild.register_nodes(conn, plan.cluster)
+                    rebuild.distribute(conn, citus.distribution_statements(entry.citus))
+                faults.point("distributed")
             self.options.hooks.after_section(SectionEvent(section, entry, database, target))
         self.progress.finish(counter, f"restored into {quote_name(database)}")
+
+    def read_toc(self, entry: DatabaseEntry, key: str) -> list[str]:
+        """``pg_restore --list`` of the object (its head only, like ``pre-data``)."""
+        argv = [pg.tool("pg_restore"), "--list"]
+        child = self.children.start(
+            argv, self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, label="pg_restore"
+        )
+        lines: list[str] = []
+        reader = threading.Thread(
+            target=lambda: lines.extend(
+                raw.decode("utf-8", "replace") for raw in iter(child.stdout.readline, b"")
+            ),
+            daemon=True,
+        )
+        reader.start()
+        feed = _Feed(child, entry.object.size, False, None, self.children.cancelled)
+        try:
+            ranged = RangedRead(
+                self.store, key, entry.object.size, None, before_next=child.wait_consumed
+            )
+            chunks = ranged.chunks()
+            try:
+                feed.run(chunks)
+            finally:
+                chunks.close()
+            code = feed.finish()
+            reader.join(timeout=30)
+        except BaseException:
+            child.terminate()
+            raise
+        finally:
+            self.children.done(child)
+        if code != 0:
+            raise child.failure(f"read the table of contents of {quote_name(entry.name)}")
+        return lines
+
+    def _local_list(self, entry: DatabaseEntry, key: str) -> str:
+        """A pg_restore -L file of the dump without the Citus extension."""
+        kept = [line for line in self.read_toc(entry, key) if not citus.is_citus_toc_line(line)]
+        handle, path = tempfile.mkstemp(prefix="citus-backup-toc-", suffix=".list")
+        with os.fdopen(handle, "w") as out:
+            out.writelines(kept)
+        self._temp_files.append(path)
+        return path
 
     # ------------------------------------------------------ one database
     def _owner(self, conn: pg.Connection, entry: DatabaseEntry) -> str | None:
@@ -319,37 +431,166 @@ class _Restore:
         )
         return temp
 
+    def plan_database(self, conn: pg.Connection, entry: DatabaseEntry, target: str) -> DatabasePlan:
+        """How ``entry`` is restored as ``target`` (see :class:`DatabasePlan`);
+        ``conn`` is a maintenance session on the coordinator."""
+        if entry.citus is None:
+            return DatabasePlan(PLAIN, Cluster.single(self.pg_config))
+        shown = quote_name(target)
+        if not citus_available(conn):
+            message = (
+                f"database {shown}: the backup has Citus tables but this server has no Citus "
+                "(not installed or not in shared_preload_libraries): restored as plain "
+                "PostgreSQL, every table local"
+            )
+            log.warning("%s", message)
+            self.summary.extra.setdefault("citusUnavailable", []).append(target)
+            self.summary.extra.setdefault("citus", {})[target] = {"mode": LOCAL, "message": message}
+            return DatabasePlan(LOCAL, Cluster.single(self.pg_config))
+        workers, coordinator, source = self._topology(conn, entry, target)
+        cluster = Cluster.with_workers(self.pg_config, workers, coordinator)
+        self.summary.extra.setdefault("citus", {})[target] = {
+            "mode": DISTRIBUTED,
+            "nodes": [n.label for n in cluster.nodes],
+            "nodesFrom": source,
+        }
+        log.info(
+            "database %s: Citus restore onto %s (nodes from %s)", shown, cluster.describe(), source
+        )
+        return DatabasePlan(DISTRIBUTED, cluster)
+
+    def _topology(
+        self, conn: pg.Connection, entry: DatabaseEntry, target: str
+    ) -> tuple[list[tuple[str, int]], tuple[str, int] | None, str]:
+        """Workers and coordinator entry to restore onto, and where they came from:
+        ``--citus-worker``, else the target database as it is now, else the
+        maintenance database, else the backup's own node list."""
+        assert entry.citus is not None
+        recorded = entry.citus
+        if self.options.citus_workers:
+            host = self.pg_config.setting("PGHOST", "localhost")
+            port = int(self.pg_config.setting("PGPORT", "5432"))
+            coordinator = (host, port) if recorded.coordinator_in_metadata else None
+            return list(self.options.citus_workers), coordinator, "--citus-worker"
+        for database in (target, self.pg_config.maintenance_db):
+            if database not in pg.all_database_names(conn):
+                continue
+            with self.pg.session(database) as db:
+                if has_citus(db):
+                    workers, coordinator = topology(db)
+                    if workers or coordinator:
+                        return workers, coordinator, f"database {database}"
+        workers = [
+            (n.node_name, n.node_port)
+            for n in recorded.nodes
+            if n.group_id != 0 and n.node_role == "primary" and n.is_active
+        ]
+        coordinator = next(
+            ((n.node_name, n.node_port) for n in recorded.nodes if n.group_id == 0), None
+        )
+        return workers, coordinator, "the backup"
+
+    def _maintenance(self, target: str) -> str:
+        return self._maintenance_db([target])
+
     def restore_database(self, entry: DatabaseEntry, target: str) -> None:
-        """Restore ``entry`` as ``target`` through a temporary database."""
+        """Restore ``entry`` as ``target`` through a temporary database, on every node."""
         assert self.location is not None
         key = self.location.key(entry.object.name)
         shown = quote_name(target)
-        with self.pg.session(self._maintenance_db([target])) as conn:
-            exists = target in pg.all_database_names(conn)
+        with self.pg.session(self._maintenance(target)) as conn:
+            plan = self.plan_database(conn, entry, target)
+        if plan.mode == LOCAL:
+            plan.list_file = self._local_list(entry, key)
+        with Sessions(plan.cluster, lambda node: self._maintenance(target)) as sessions:
+            coordinator = sessions.get(plan.cluster.coordinator)
+            exists = target in pg.all_database_names(coordinator)
             if exists and not self.options.replace:
                 raise target_exists(target)
-            temp = self._create_temp(conn, entry)
+            self._check_workers(sessions, target, exists)
+            temp = self._create_temp(coordinator, entry)
             try:
-                self.restore_into(entry, key, temp, target)
-                for statement in dbprops.post_restore_statements(
-                    temp,
-                    entry.properties,
-                    owner=None if self.options.no_owner else entry.properties.owner,
-                    privileges=not self.options.no_privileges,
-                ):
-                    pg.execute(conn, statement, f"set properties of database {shown}")
-                if target in pg.all_database_names(conn):
+                self._restore_temp(sessions, plan, entry, key=key, temp=temp, target=target)
+                if target in pg.all_database_names(coordinator):
                     if not self.options.replace:
                         raise target_exists(target)
-                    old = self._old_name(target, pg.all_database_names(conn))
-                    pg.swap_databases(conn, target, temp, old)
-                    self._dispose_old(conn, old)
+                    old = self._old_name(target, pg.all_database_names(coordinator))
+                    self._swap(sessions, target, temp, old)
+                    self._dispose_old(sessions, old)
                 else:
-                    pg.rename_database(conn, temp, target)
+                    self._swap(sessions, target, temp, None)
             except BaseException:
-                self._drop_quietly(conn, temp)
+                self._drop_everywhere(sessions, temp)
                 raise
         log.info("restored database %s from %s", shown, entry.object.name)
+
+    def _restore_temp(
+        self,
+        sessions: Sessions,
+        plan: DatabasePlan,
+        entry: DatabaseEntry,
+        *,
+        key: str,
+        temp: str,
+        target: str,
+    ) -> None:
+        """Everything up to the swap: workers, sections, checks, properties."""
+        owner = None if self.options.no_owner else entry.properties.owner
+        if plan.cluster.workers:
+            rebuild.create_on_workers(
+                sessions, temp, dbprops.create_database(temp, entry.properties, owner), owner
+            )
+        faults.point("created")
+        self.restore_into(entry, key, temp, target, plan)
+        with self.pg.session(temp) as db:
+            verification = rebuild.verify(
+                db, entry, metadata=entry.citus if plan.mode == DISTRIBUTED else None
+            )
+        self.summary.extra.setdefault("verified", {})[target] = verification.describe()
+        faults.point("verified")
+        for node in plan.cluster.nodes:
+            for statement in dbprops.post_restore_statements(
+                temp,
+                entry.properties,
+                owner=owner,
+                privileges=not self.options.no_privileges,
+            ):
+                pg.execute(
+                    sessions.get(node),
+                    statement,
+                    f"{node.label}: set properties of database {quote_name(target)}",
+                )
+
+    def _check_workers(self, sessions: Sessions, target: str, exists: bool) -> None:
+        """A database missing on the coordinator must be missing on the workers too
+        (a leftover there would be renamed over): refuse before changing anything."""
+        if exists:
+            return
+        for node in sessions.cluster.workers:
+            if target in pg.all_database_names(sessions.get(node)):
+                raise PermanentError(
+                    f"database {quote_name(target)} does not exist on the coordinator but "
+                    f"does on {node.label}: drop it there (or choose another target) first",
+                    reason="TargetExists",
+                )
+
+    def _swap(self, sessions: Sessions, target: str, temp: str, old: str | None) -> None:
+        """``temp`` becomes ``target`` on every node (``target`` moving to ``old``)."""
+
+        def renames(node: Node, conn: pg.Connection) -> list[tuple[str, str]]:
+            here = pg.all_database_names(conn)
+            pairs = [(target, old)] if old is not None and target in here else []
+            return [*pairs, (temp, target)]
+
+        names = (temp, target) if old is not None else (temp,)
+        what = (
+            f"swap database {quote_name(target)}" if old else f"name database {quote_name(target)}"
+        )
+        with cluster_closed(sessions, *names):
+            rename_all(sessions, renames, what, before_decision=lambda: faults.point("prepared"))
+        for node in sessions.cluster.nodes:
+            pg.set_allow_connections(sessions.get(node), target, True)
+        log.info("%s on %d node(s)", what, len(sessions.cluster.nodes))
 
     def _old_name(self, target: str, existing: set[str]) -> str:
         """Where the replaced database goes: ``<name>_old_<backup id>`` if kept
@@ -361,18 +602,44 @@ class _Restore:
                 return name
         return "citus_backup_old_" + secrets.token_hex(6)
 
-    def _dispose_old(self, conn: pg.Connection, old: str) -> None:
+    def _dispose_old(self, sessions: Sessions, old: str) -> None:
         if self.options.keep_old:
-            pg.set_allow_connections(conn, old, True)
+            for node in sessions.cluster.nodes:
+                conn = sessions.get(node)
+                if old in pg.all_database_names(conn):
+                    pg.set_allow_connections(conn, old, True)
             log.info("kept the previous database as %s", quote_name(old))
             self.summary.extra.setdefault("keptDatabases", []).append(old)
-        else:
+            return
+        for node in sessions.cluster.nodes:
             try:
-                pg.drop_database(conn, old, self.version_num)
+                pg.drop_database(sessions.get(node), old, self.version_num)
             except CitusBackupError as exc:
-                # The restore itself succeeded; say what is left over.
-                log.warning("could not drop the previous database %s: %s", quote_name(old), exc)
-                self.summary.extra.setdefault("leftoverDatabases", []).append(old)
+                # The restore itself succeeded; say what is left over, and where.
+                log.warning(
+                    "%s: could not drop the previous database %s: %s",
+                    node.label,
+                    quote_name(old),
+                    exc,
+                )
+                self.summary.extra.setdefault("leftoverDatabases", []).append(
+                    old if node.is_coordinator else f"{old} ({node.label})"
+                )
+
+    def _drop_everywhere(self, sessions: Sessions, name: str) -> None:
+        """Drop a database we created, on every node (a fresh session where the
+        old one broke); failures are logged, never raised over the first error."""
+        for node in sessions.cluster.nodes:
+            for attempt in range(2):
+                try:
+                    pg.drop_database(sessions.get(node), name, self.version_num)
+                    break
+                except CitusBackupError as exc:
+                    sessions.forget(node)
+                    if attempt:
+                        log.warning(
+                            "%s: could not drop database %s: %s", node.label, quote_name(name), exc
+                        )
 
     def _drop_quietly(self, conn: pg.Connection, name: str) -> None:
         """Drop a database we created, on ``conn`` or else a fresh connection."""
@@ -407,11 +674,23 @@ class _Restore:
             try:
                 if not created_target and not options.replace:
                     self._check_target_free(target)
+                key = self.location.key(entry.object.name)
+                # The temporary copy is coordinator-only (its tables local): only
+                # the target's tables need their distribution.
+                temp_plan = None
+                if entry.citus is not None and not citus_available(conn):
+                    temp_plan = DatabasePlan(LOCAL, Cluster.single(self.pg_config))
+                    temp_plan.list_file = self._local_list(entry, key)
                 temp = self._create_temp(conn, entry)
                 try:
-                    self.restore_into(entry, self.location.key(entry.object.name), temp, target)
+                    self.restore_into(entry, key, temp, target, temp_plan)
                     self._check_objects_in(temp, entry)
-                    self._transfer(temp, target)
+                    selected = self._selected_tables(temp)
+                    with self.pg.session(temp) as db:
+                        checked = rebuild.verify(db, entry, metadata=None, only=selected)
+                    self.summary.extra.setdefault("verified", {})[target] = checked.describe()
+                    faults.point("verified")
+                    self._transfer(temp, target, entry, selected)
                 finally:
                     self._drop_quietly(conn, temp)
             except BaseException:
@@ -468,7 +747,146 @@ class _Restore:
                 if pg.schema_exists(conn, schema):
                     raise target_exists(target, detail=f"schema {quote_name(schema)}")
 
-    def _transfer(self, temp: str, target: str) -> None:
+    def _selected_tables(self, temp: str) -> set[tuple[str, str]]:
+        """The (schema, table) pairs --table/--schema select in the temporary copy."""
+        selected = set(self.options.tables)
+        if self.options.schemas:
+            with self.pg.session(temp) as conn, pg.errors_as("list the tables of the schemas"):
+                rows = conn.execute(
+                    "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n"
+                    " ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p')"
+                    " AND n.nspname = ANY(%s)",
+                    (list(self.options.schemas),),
+                ).fetchall()
+            selected |= {(str(r[0]), str(r[1])) for r in rows}
+        return selected
+
+    def _transfer(
+        self, temp: str, target: str, entry: DatabaseEntry, selected: set[tuple[str, str]]
+    ) -> None:
+        """Into ``target``: distributed as recorded where both it and the backup
+        have Citus (:meth:`_transfer_distributed`), else as plain tables."""
+        metadata = entry.citus
+        if metadata is not None and any(t.names in selected for t in metadata.tables):
+            with self.pg.session(target) as conn:
+                target_citus = has_citus(conn)
+                current = rebuild.read_distribution(conn)[0] if target_citus else []
+            if target_citus:
+                self._transfer_distributed(temp, target, metadata, selected, current)
+                with self.pg.session(target) as conn:
+                    problems = citus.compare(
+                        metadata, rebuild.read_distribution(conn)[0], [], only=selected
+                    )
+                if problems:
+                    raise PermanentError(
+                        f"restored table(s) in database {quote_name(target)} are not "
+                        f"distributed as in the backup: {'; '.join(problems)}",
+                        reason="VerificationFailed",
+                    )
+                self.summary.extra.setdefault("citus", {})[target] = {
+                    "mode": DISTRIBUTED,
+                    "tables": sorted(citus.qualified(*n) for n in selected),
+                }
+                return
+            message = f"database {quote_name(target)} has no Citus: the restored tables are local"
+            log.warning("%s", message)
+            self.summary.extra.setdefault("citusUnavailable", []).append(target)
+            self.summary.extra.setdefault("citus", {})[target] = {"mode": LOCAL, "message": message}
+        self._transfer_plain(temp, target)
+
+    def _transfer_distributed(
+        self,
+        temp: str,
+        target: str,
+        metadata: CitusMetadata,
+        selected: set[tuple[str, str]],
+        current: Sequence[CitusTable],
+    ) -> None:
+        """One ``psql --single-transaction``: the tables' pre-data (with DROP
+        first under --replace), their distribution, data, post-data; each
+        distributed table joins the colocation group of a table it was
+        colocated with at backup time that is distributed in the target now."""
+        present = {t.names: t for t in current}
+        joins: dict[int, str] = {}
+        for table in metadata.tables:
+            if table.names in selected or table.colocation_id is None:
+                continue
+            if table.colocation_id not in joins and table.names in present:
+                joins[table.colocation_id] = citus.qualified(*table.names)
+        steps = citus.distribution_statements(metadata, only=selected, colocate_with=joins)
+        if self.options.schemas:
+            steps += [
+                s
+                for s in citus.distribution_statements(metadata)
+                if s.what.startswith("distribute schema")
+                and any(f"{schema!r}" in s.what for schema in self.options.schemas)
+            ]
+        patterns: list[str] = []
+        for schema, relation in self.options.tables:
+            patterns += ["-t", exact_pattern(schema, relation)]
+        for schema in self.options.schemas:
+            patterns += ["-n", exact_pattern(schema)]  # -n: the schema itself too
+        dump = [pg.tool("pg_dump"), "-Fp", "-w", *patterns]
+        sections: list[list[str]] = [
+            [
+                *dump,
+                "--section=pre-data",
+                *(["--clean", "--if-exists"] if self.options.replace else []),
+            ],
+            [*dump, "--section=data"],
+            [*dump, "--section=post-data"],
+        ]
+        psql = [
+            pg.tool("psql"),
+            "-X",
+            "-q",
+            "-w",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "--single-transaction",
+            "-o",
+            os.devnull,
+            "-d",
+            self.pg_config.conninfo(target),
+            "-f",
+            "-",
+        ]
+        consumer = self.children.start(psql, self.env, stdin=subprocess.PIPE, label="psql")
+        what = f"copy into database {quote_name(target)}"
+        try:
+            try:
+                for index, argv in enumerate(sections):
+                    self._pipe_dump([*argv, "-d", self.pg_config.conninfo(temp)], consumer, what)
+                    if index == 0:
+                        distribution = "".join(
+                            step.statement.as_string(None) + ";\n" for step in steps
+                        )
+                        consumer.write_all(distribution.encode())
+            except BrokenPipeError:
+                pass  # psql stopped at an error: its exit code and stderr say which
+            consumer.close_stdin()
+            code = consumer.wait()
+        finally:
+            consumer.terminate()
+            self.children.done(consumer)
+        if code != 0:
+            raise consumer.failure(what)
+
+    def _pipe_dump(self, argv: list[str], consumer: pg.Child, what: str) -> None:
+        producer = self.children.start(argv, self.env, stdout=subprocess.PIPE, label="pg_dump")
+        try:
+            buffer = bytearray(1024 * 1024)
+            view = memoryview(buffer)
+            while n := producer.readinto(view):
+                consumer.write_all(view[:n])
+            code = producer.wait()
+        finally:
+            producer.terminate()
+            self.children.done(producer)
+        if code != 0:
+            raise producer.failure(f"{what}: pg_dump of the temporary database")
+
+    def _transfer_plain(self, temp: str, target: str) -> None:
         """pg_dump -t/-n from the verified temp database | pg_restore, one transaction."""
         dump = [pg.tool("pg_dump"), "-Fc", "--compress=0", "-w"]
         for schema, table in self.options.tables:
@@ -611,8 +1029,15 @@ class _Restore:
         with_globals = options.globals if options.globals is not None else not options.databases
 
         with self.pg.session(self.pg_config.maintenance_db) as conn:
-            self.version_num = pg.server_info(conn).version_num
+            server = pg.server_info(conn)
+            self.version_num = server.version_num
             existing = pg.all_database_names(conn)
+        archive_major = pg.major_of(manifest.pg_dump_version) or 0
+        pg.choose_client(
+            max(server.version_num // 10000, archive_major),
+            f"a restore of backup {manifest.backup_id} (dumped by pg_dump {archive_major}) "
+            f"into PostgreSQL {server.version}",
+        )
         if not (options.tables or options.schemas):
             clashes = [target for _, target in plan if target in existing]
             if clashes and not options.replace:
@@ -621,14 +1046,19 @@ class _Restore:
             pg.tool(tool)
 
         started = time.monotonic()
-        with self.progress:
-            if with_globals:
-                self.restore_globals(manifest)
-            if options.tables or options.schemas:
-                entry, target = plan[0]
-                self.restore_objects(entry, target)
-            else:
-                self._restore_all(plan)
+        try:
+            with self.progress:
+                if with_globals:
+                    self.restore_globals(manifest)
+                if options.tables or options.schemas:
+                    entry, target = plan[0]
+                    self.restore_objects(entry, target)
+                else:
+                    self._restore_all(plan)
+        finally:
+            for path in self._temp_files:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
         self.summary.databases = {target: entry.object.size for entry, target in plan}
         self.summary.total_size = sum(self.summary.databases.values())
         self.summary.extra["restoreSeconds"] = round(time.monotonic() - started, 3)

@@ -67,6 +67,7 @@ FLAG_INCLUDE_DATABASE: Final = "--include-database"  # repeated
 FLAG_EXCLUDE_DATABASE: Final = "--exclude-database"  # repeated
 FLAG_JOBS: Final = "--jobs"  # databases in parallel (backup and restore); absent: runner's default
 FLAG_COMPRESSION: Final = "--compress"  # pg_dump --compress level
+FLAG_CONSISTENCY: Final = "--consistency"  # snapshot | block-writes; absent: snapshot
 
 # --- flags of ``citus-backup restore`` (also FLAG_BACKUP_ID, FLAG_TIER, FLAG_JOBS)
 FLAG_LATEST: Final = "--latest"  # not used by the operator: it resolves the backup itself

@@ -129,6 +129,8 @@ def build_backup_job(
     if spec.dump.jobs is not None:
         args += [c.FLAG_JOBS, str(spec.dump.jobs)]
     args += [c.FLAG_COMPRESSION, str(spec.dump.compression)]
+    if spec.dump.consistency == "blockWrites":
+        args += [c.FLAG_CONSISTENCY, "block-writes"]
 
     labels = _labels(
         component=BACKUP_CONTAINER,
