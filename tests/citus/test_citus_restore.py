@@ -260,6 +260,36 @@ def test_side_by_side_is_a_working_citus_database(apps: CitusCluster, citus_runn
     assert without_oid(fingerprint(apps, "app1_restored")) == without_oid(before)
     assert all("app1_restored" in state for state in worker_state(apps))
     assert_working(apps, "app1_restored")
+    # No Citus in the maintenance database here: the nodes came from the backup.
+    assert result.summary["citus"]["app1_restored"]["nodesFrom"] == "the backup"
+
+
+def test_citus_worker_names_the_nodes_to_restore_onto(
+    apps: CitusCluster, citus_runner: Runner
+) -> None:
+    backup_id = backup(citus_runner)
+    only = apps.worker_infos[0]
+
+    result = restore(
+        citus_runner,
+        backup_id,
+        "--database",
+        "app1",
+        "--target-database",
+        "app1_one_worker",
+        "--citus-worker",
+        f"127.0.0.1:{only.port}",
+    )
+
+    assert result.code == 0, result.stderr[-3000:]
+    assert result.summary["citus"]["app1_one_worker"]["nodesFrom"] == "--citus-worker"
+    assert [("app1_one_worker" in state) for state in worker_state(apps)] == [True, False]
+    assert distribution(apps, "app1_one_worker") == distribution(apps, "app1")
+    with psycopg.connect(apps.coordinator.dsn("app1_one_worker")) as conn:
+        ports = {r[0] for r in conn.execute("SELECT DISTINCT nodeport FROM citus_shards")}
+    assert only.port in ports
+    assert apps.worker_infos[1].port not in ports
+    assert_working(apps, "app1_one_worker")
 
 
 def test_one_distributed_table_comes_back_colocated(

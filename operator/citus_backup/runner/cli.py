@@ -324,6 +324,15 @@ def register(subparsers: Any) -> None:
         action="store_false",
         help="do not restore roles/tablespaces",
     )
+    restore.add_argument(
+        "--citus-worker",
+        action="append",
+        default=[],
+        type=_host_port,
+        metavar="HOST:PORT",
+        help="Citus: restore onto this worker (repeat for each); default: the workers of the "
+        "target database, else of the maintenance database, else those in the backup",
+    )
     restore.add_argument("--no-owner", action="store_true", help="pg_restore --no-owner")
     restore.add_argument(
         "--no-privileges",
@@ -462,6 +471,14 @@ def _backup(args: argparse.Namespace) -> int:
     return run_command("backup", args, body)
 
 
+def _host_port(text: str) -> tuple[str, int]:
+    """``worker-1:5432`` -> ("worker-1", 5432) (argparse type)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host, int(port)
+
+
 def _restore(args: argparse.Namespace) -> int:
     def body(summary: RunSummary) -> None:
         from citus_backup.runner.restore import (  # noqa: PLC0415 (lazy: module doc)
@@ -491,6 +508,7 @@ def _restore(args: argparse.Namespace) -> int:
             jobs=args.jobs,
             cpus=available_cpus(),
             progress_interval=args.progress_interval,
+            citus_workers=args.citus_worker,
         )
         run_restore(pg, s3, options, summary)
 
