@@ -7,7 +7,8 @@ kubectl runs an executable ``kubectl-create-<name>`` found on PATH for
 and ``kubectl-create-citusbackup``), passing it the remaining arguments::
 
     kubectl create citusrestore NAME [--database DB ...] (--backup B | --policy P [--before TIME])
-        [--target-database DB] [--table T ... | --schema S ...] [--replace] [--[no-]globals]
+        [--target-database DB] [--table T ... | --schema S ...] [--replace [--keep-old]]
+        [--[no-]globals]
     kubectl create citusbackup NAME --policy P [--tier T] [--also-tier T ...]
 
 both with kubectl's ``-n/--namespace`` (default: the kubeconfig context's
@@ -62,6 +63,7 @@ FLAG_OF_FIELD = {
     "tables": "--table",
     "schemas": "--schema",
     "replace": "--replace",
+    "keepOld": "--keep-old",
     "globals": "--globals",
     "tier": "--tier",
     "alsoTiers": "--also-tier",
@@ -151,6 +153,11 @@ def restore_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--replace", action="store_true", help="drop and recreate the target first")
     parser.add_argument(
+        "--keep-old",
+        action="store_true",
+        help="with --replace: keep the replaced database as <name>_old_<backup id>",
+    )
+    parser.add_argument(
         "--globals",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -236,6 +243,7 @@ def build_restore(argv: Sequence[str]) -> Request:
         "tables": tuple(args.table) or None,
         "schemas": tuple(args.schema) or None,
         "replace": True if args.replace else None,
+        "keep_old": True if args.keep_old else None,
         "globals": args.globals,
     }
     try:

@@ -331,6 +331,11 @@ CROSS_FIELD_CASES: list[tuple[type[BaseModel], dict[str, Any], str]] = [
         {"policyName": "p", "databases": ["a"], "schemas": ["s"], "tables": ["s.t"]},
         "tables and schemas are mutually exclusive (name tables as schema.table)",
     ),
+    (
+        CitusRestoreSpec,
+        {"policyName": "p", "databases": ["a"], "keepOld": True},
+        "keepOld requires replace (only a replaced database can be kept)",
+    ),
 ]
 
 

@@ -73,6 +73,53 @@ def test_a_restore_of_one_database_runs_and_records_what_it_restored(w: World) -
     assert w.events.reasons("r") == ["JobCreated", "RestoreSucceeded"]
 
 
+def test_the_status_says_what_was_verified_kept_and_whether_citus_was_rebuilt(
+    w: World,
+) -> None:
+    add_backup(w, "b1")
+    w.cluster.add(
+        Kind.RESTORE,
+        restore("r", backupName="b1", databases=["app1"], replace=True, keepOld=True),
+    )
+    run(w, "r")
+    assert "--keep-old" in args_of(w, "r-restore")
+    summary = {
+        "status": "succeeded",
+        "databases": {"app1": 10},
+        "verified": {"app1": "row counts of 3 table(s) (10 rows) match the backup"},
+        "keptDatabases": ["app1_old_id-b1"],
+        "citus": {"app1": {"mode": "distributed"}},
+    }
+    w.cluster.finish_job("r-restore", summary)
+    run(w, "r")
+    status = w.cluster.status(Kind.RESTORE, "r")
+    assert status["verification"] == ["app1: row counts of 3 table(s) (10 rows) match the backup"]
+    assert status["keptDatabases"] == ["app1_old_id-b1"]
+    citus = w.cluster.condition(Kind.RESTORE, "r", "CitusDistributed")
+    assert citus is not None
+    assert (citus["status"], citus["reason"]) == ("True", "DistributionRestored")
+
+
+def test_a_citus_backup_restored_without_citus_is_a_false_condition_and_a_warning(
+    w: World,
+) -> None:
+    add_backup(w, "b1")
+    w.cluster.add(Kind.RESTORE, restore("r", backupName="b1", databases=["app1"], replace=True))
+    run(w, "r")
+    message = "database app1: the backup has Citus tables but this server has no Citus"
+    summary = {"status": "succeeded", "citus": {"app1": {"mode": "local", "message": message}}}
+    w.cluster.finish_job("r-restore", summary)
+    run(w, "r")
+    citus = w.cluster.condition(Kind.RESTORE, "r", "CitusDistributed")
+    assert citus is not None
+    assert (citus["status"], citus["reason"], citus["message"]) == (
+        "False",
+        "CitusUnavailable",
+        message,
+    )
+    assert "CitusUnavailable" in w.events.reasons("r")
+
+
 def test_a_full_restore_without_a_summary_reports_the_backups_databases(w: World) -> None:
     add_backup(w, "b1")
     w.cluster.add(Kind.RESTORE, restore("r", backupName="b1", replace=True))

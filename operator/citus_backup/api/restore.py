@@ -65,6 +65,7 @@ TABLES_OR_SCHEMAS_MESSAGE = (
     "tables and schemas are mutually exclusive (name tables as schema.table)"
 )
 SPEC_IMMUTABLE_MESSAGE = "spec is immutable"
+KEEP_OLD_MESSAGE = "keepOld requires replace (only a replaced database can be kept)"
 
 #: ``schema.table`` or ``table``; quoted identifiers are not supported.
 TableName = Annotated[str, Field(min_length=1, max_length=127)]
@@ -97,6 +98,10 @@ class CitusRestoreSpec(ApiModel):
                     "!has(self.tables) || size(self.tables) == 0 || "
                     "!has(self.schemas) || size(self.schemas) == 0",
                     TABLES_OR_SCHEMAS_MESSAGE,
+                ),
+                cel(
+                    "!has(self.keepOld) || !self.keepOld || (has(self.replace) && self.replace)",
+                    KEEP_OLD_MESSAGE,
                 ),
             ]
         }
@@ -145,6 +150,12 @@ class CitusRestoreSpec(ApiModel):
         description="Drop and recreate the target database (or the listed tables/schemas) "
         "first. Without it the restore fails with TargetExists when the target exists.",
     )
+    keep_old: bool = Field(
+        False,
+        description="With replace: keep the replaced database as <name>_old_<backup id> (on "
+        "every node of a Citus cluster) instead of dropping it; listed in "
+        "status.keptDatabases.",
+    )
     globals: bool | None = Field(
         None,
         description="Also restore roles (existing roles are kept). Default: true for a full "
@@ -183,6 +194,8 @@ class CitusRestoreSpec(ApiModel):
             raise ValueError(SCHEMAS_MESSAGE)
         if self.tables and self.schemas:
             raise ValueError(TABLES_OR_SCHEMAS_MESSAGE)
+        if self.keep_old and not self.replace:
+            raise ValueError(KEEP_OLD_MESSAGE)
         return self
 
     @property
@@ -211,6 +224,11 @@ class CitusRestoreStatus(StatusModel):
     job_name: str | None = Field(None, description="Name of the restore Job.")
     restored_databases: tuple[str, ...] = Field(
         (), description="Databases restored (target names)."
+    )
+    kept_databases: tuple[str, ...] = Field(
+        (),
+        description="Replaced databases kept (keepOld) under <name>_old_<backup id>, on every "
+        "node of a Citus cluster; drop them when no longer needed.",
     )
     verification: tuple[str, ...] = Field(
         (),

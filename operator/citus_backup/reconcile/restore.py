@@ -204,6 +204,7 @@ class RestoreReconciler:
                 {
                     "restoredDatabases": databases,
                     "verification": [f"{db}: {text}" for db, text in sorted(verified.items())],
+                    "keptDatabases": list(result.summary.get("keptDatabases") or []) or None,
                 },
                 citus_condition(result.summary.get("citus") or {}),
             )

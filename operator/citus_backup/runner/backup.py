@@ -39,13 +39,14 @@ the CPUs have room (they cost ~0.1 CPU-s, as much as psycopg).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -448,90 +449,59 @@ class _Backup:
         slot: _Slot,
     ) -> DatabaseEntry:
         started = _now()
-        blocker = self._block_writes(name, shown)
-        try:
-            return self._dump_blocked(
-                conn,
-                uploader,
-                location,
-                name,
-                shown,
-                server,
-                pg_dump_started,
-                slot,
-                started,
-                exact=blocker is not None,
+        with self._writes_blocked(name, shown) as exact:
+            snapshot = self._export_snapshot(conn, shown)
+            argv = [pg.tool("pg_dump"), "-Fc", f"--compress={self.options.compress}", "-w"]
+            if snapshot:
+                argv += ["--snapshot", snapshot]
+            if self.options.lock_wait_timeout:
+                argv += ["--lock-wait-timeout", self.options.lock_wait_timeout]
+            argv += ["-d", self.pg_config.conninfo(name)]
+            child = self._start(argv)
+            pg_dump_started()
+            try:
+                toc = TocReader(self.children, self.env)
+            except BaseException:
+                child.terminate()
+                self.children.done(child)
+                raise
+            info, listing = self._stream(
+                child=child,
+                uploader=uploader,
+                key=location.key(layout.dump_object_name(name)),
+                label=shown,
+                what=f"pg_dump of database {shown}",
+                toc=toc,
+                on_eof=slot.release,
             )
-        finally:
-            if blocker is not None:
-                blocker.close()  # rolls back: the locks go, writers resume
+            # The metadata, read now in the snapshot pg_dump used (this session's
+            # transaction is still open; pg_database is read in it too). Reading
+            # it after the dump rather than while it runs moves these queries and
+            # the first import of the manifest models (~0.1 CPU-s) out of the
+            # opening phase, when the first pg_dumps saturate the CPUs, to when a
+            # dump ends and the slot has already passed to the next database.
+            props = pg.database_properties(conn, name, server.version_num)
+            exts = pg.extensions(conn)
+            schemas, roles = pg.schemas_and_roles(conn)
+            citus = self._citus(conn, shown, {e.name: e.version for e in exts})
+            assert listing is not None
+            from citus_backup.runner.manifest import DatabaseEntry  # noqa: PLC0415 (lazy: module doc)
+            from citus_backup.runner.toc import TocParser  # noqa: PLC0415 (lazy: module doc)
 
-    def _dump_blocked(  # noqa: PLR0917 - one step of _dump_in_slot
-        self,
-        conn: pg.Connection,
-        uploader: StreamUploader,
-        location: layout.SetLocation,
-        name: str,
-        shown: str,
-        server: pg.ServerInfo,
-        pg_dump_started: Callable[[], None],
-        slot: _Slot,
-        started: datetime,
-        *,
-        exact: bool,
-    ) -> DatabaseEntry:
-        snapshot = self._export_snapshot(conn, shown)
-        argv = [pg.tool("pg_dump"), "-Fc", f"--compress={self.options.compress}", "-w"]
-        if snapshot:
-            argv += ["--snapshot", snapshot]
-        if self.options.lock_wait_timeout:
-            argv += ["--lock-wait-timeout", self.options.lock_wait_timeout]
-        argv += ["-d", self.pg_config.conninfo(name)]
-        child = self._start(argv)
-        pg_dump_started()
-        try:
-            toc = TocReader(self.children, self.env)
-        except BaseException:
-            child.terminate()
-            self.children.done(child)
-            raise
-        info, listing = self._stream(
-            child=child,
-            uploader=uploader,
-            key=location.key(layout.dump_object_name(name)),
-            label=shown,
-            what=f"pg_dump of database {shown}",
-            toc=toc,
-            on_eof=slot.release,
-        )
-        # The metadata, read now in the snapshot pg_dump used (this session's
-        # transaction is still open; pg_database is read in it too). Reading
-        # it after the dump rather than while it runs moves these queries and
-        # the first import of the manifest models (~0.1 CPU-s) out of the
-        # opening phase, when the first pg_dumps saturate the CPUs, to when a
-        # dump ends and the slot has already passed to the next database.
-        props = pg.database_properties(conn, name, server.version_num)
-        exts = pg.extensions(conn)
-        schemas, roles = pg.schemas_and_roles(conn)
-        citus = self._citus(conn, shown, {e.name: e.version for e in exts})
-        assert listing is not None
-        from citus_backup.runner.manifest import DatabaseEntry  # noqa: PLC0415 (lazy: module doc)
-        from citus_backup.runner.toc import TocParser  # noqa: PLC0415 (lazy: module doc)
-
-        toc_summary = TocParser(schemas, roles).feed_all(listing).summary()
-        counts = self._row_counts(conn, shown, toc_summary.tables, citus, exact=exact)
-        conn.rollback()
-        return DatabaseEntry(
-            name=name,
-            object=info.model(),
-            properties=props,
-            toc=toc_summary,
-            extensions=tuple(exts),
-            citus=citus,
-            row_counts=counts,
-            started_at=started,
-            finished_at=_now(),
-        )
+            toc_summary = TocParser(schemas, roles).feed_all(listing).summary()
+            counts = self._row_counts(conn, shown, toc_summary.tables, citus, exact=exact)
+            conn.rollback()
+            return DatabaseEntry(
+                name=name,
+                object=info.model(),
+                properties=props,
+                toc=toc_summary,
+                extensions=tuple(exts),
+                citus=citus,
+                row_counts=counts,
+                started_at=started,
+                finished_at=_now(),
+            )
 
     def _row_counts(
         self,
@@ -575,6 +545,16 @@ class _Backup:
             )
             for (schema, table), rows in counts
         )
+
+    @contextlib.contextmanager
+    def _writes_blocked(self, name: str, shown: str) -> Iterator[bool]:
+        """:meth:`_block_writes` for the block; yields whether writes are blocked."""
+        blocker = self._block_writes(name, shown)
+        try:
+            yield blocker is not None
+        finally:
+            if blocker is not None:
+                blocker.close()  # rolls back: the locks go, writers resume
 
     def _block_writes(self, name: str, shown: str) -> pg.Connection | None:
         """``--consistency block-writes``: a session holding EXCLUSIVE locks on

@@ -80,6 +80,7 @@ FLAG_TARGET_DATABASE: Final = "--target-database"
 FLAG_TABLE: Final = "--table"  # repeated
 FLAG_SCHEMA: Final = "--schema"  # repeated
 FLAG_REPLACE: Final = "--replace"
+FLAG_KEEP_OLD: Final = "--keep-old"
 FLAG_GLOBALS: Final = "--globals"
 FLAG_NO_GLOBALS: Final = "--no-globals"  # one of the two is always passed: no runner default
 

@@ -209,6 +209,8 @@ def build_restore_job(
         args += [c.FLAG_SCHEMA, schema]
     if spec.replace:
         args.append(c.FLAG_REPLACE)
+    if spec.keep_old:
+        args.append(c.FLAG_KEEP_OLD)
     # Always explicit: the runner's own default must not decide whether roles are restored.
     args.append(c.FLAG_GLOBALS if spec.effective_globals else c.FLAG_NO_GLOBALS)
     if policy.spec.dump.jobs is not None:
