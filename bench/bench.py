@@ -379,6 +379,8 @@ VARIANTS: dict[str, list[str]] = {
     "runner-z0": ["--compress", "0"],
     "runner-inflight1": ["--max-inflight-parts", "1"],
     "runner-part32": ["--part-size", "32"],
+    # What the per-table row counts (issue #16) cost: the runner without them.
+    "runner-no-counts": ["--no-row-counts"],
 }
 
 
