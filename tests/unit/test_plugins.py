@@ -15,6 +15,7 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from citus_backup.api.restore import (
+    KEEP_OLD_MESSAGE,
     SOURCE_MESSAGE,
     TABLES_MESSAGE,
     TABLES_OR_SCHEMAS_MESSAGE,
@@ -104,6 +105,8 @@ def test_restore_spec_holds_only_what_was_given() -> None:
     schemas = build_restore(["r", "--backup", "b", "--database", "d", "--schema", "s1"])
     assert schemas.body["spec"]["schemas"] == ["s1"]
     assert build_restore(["r", "--backup", "b", "--globals"]).body["spec"]["globals"] is True
+    kept = build_restore(["r", "--backup", "b", "--database", "d", "--replace", "--keep-old"])
+    assert kept.body["spec"]["keepOld"] is True
 
 
 def test_namespace_flag_is_in_the_object_like_kubectl() -> None:
@@ -124,6 +127,7 @@ def test_namespace_flag_is_in_the_object_like_kubectl() -> None:
             TABLES_OR_SCHEMAS_MESSAGE,
         ),
         (["r1", "--backup", "b", "--before", "2026-11-27T03:00:00Z"], "before can only be used"),
+        (["r1", "--backup", "b", "--database", "d", "--keep-old"], KEEP_OLD_MESSAGE),
         (["r1", "--policy", "p", "--before", "2026-11-27T03:00:00"], "--before"),
         (["r1", "--policy", "p", "--before", "yesterday"], "--before"),
         (["r1", "--backup", "b", "--database", "d" * 64], "--database"),
