@@ -40,8 +40,8 @@ $(VENV_STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
-components: ## Build the pinned etcd, Kubernetes (control plane and node), MinIO and mc binaries (cached)
-	hack/build-components.sh etcd minio mc kubernetes kubernetes-node
+components: ## Build the pinned etcd, Kubernetes (control plane and node), MinIO, mc and promtool binaries (cached)
+	hack/build-components.sh etcd minio mc kubernetes kubernetes-node promtool
 
 lint: venv ## ruff + mypy
 	$(VENV)/bin/ruff check operator hack tests bench

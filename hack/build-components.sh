@@ -12,7 +12,7 @@
 # would trust. A component directory is complete when it holds `.complete`.
 #
 # Usage: hack/build-components.sh [component...]
-#   components: kubernetes kubernetes-node etcd minio mc
+#   components: kubernetes kubernetes-node etcd minio mc promtool
 #   (default: all but kubernetes-node, which only the e2e tier needs)
 set -euo pipefail
 
@@ -116,7 +116,7 @@ build_plain() { # build_plain NAME MODULE VERSION: modules without local replace
 }
 
 components=("$@")
-[[ ${#components[@]} -eq 0 ]] && components=(etcd minio mc kubernetes)
+[[ ${#components[@]} -eq 0 ]] && components=(etcd minio mc kubernetes promtool)
 command -v go >/dev/null || { log "error: 'go' not found on PATH; install Go >= 1.24"; exit 1; }
 for c in "${components[@]}"; do
   case "$c" in
@@ -125,6 +125,7 @@ for c in "${components[@]}"; do
     etcd) build_etcd ;;
     minio) build_plain minio github.com/minio/minio "$MINIO_VERSION" ;;
     mc) build_plain mc github.com/minio/mc "$MC_VERSION" ;;
-    *) log "error: unknown component '$c' (known: kubernetes kubernetes-node etcd minio mc)"; exit 2 ;;
+    promtool) build_plain promtool github.com/prometheus/prometheus/cmd/promtool "$PROMETHEUS_VERSION" ;;
+    *) log "error: unknown component '$c' (known: kubernetes kubernetes-node etcd minio mc promtool)"; exit 2 ;;
   esac
 done

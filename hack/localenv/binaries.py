@@ -42,6 +42,8 @@ COMPONENTS = {
     "etcd": ("ETCD_VERSION", ("etcd",)),
     "minio": ("MINIO_VERSION", ("minio",)),
     "mc": ("MC_VERSION", ("mc",)),
+    # The alert rules' unit tests (tests/unit/test_alert_rules.py).
+    "promtool": ("PROMETHEUS_VERSION", ("promtool",)),
 }
 
 

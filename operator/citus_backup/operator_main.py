@@ -4,7 +4,9 @@ Scope: ``--all-namespaces`` (the shipped Deployment) or one or more
 ``--namespace``. ``--standalone`` skips kopf's peering (the Deployment runs
 one replica with the Recreate strategy, so two operators never overlap; even
 if they did, deterministic names and create-or-ignore-409 keep runs and Jobs
-unique). ``--liveness`` serves kopf's health endpoint for the liveness probe.
+unique). ``--liveness`` serves kopf's health endpoint for the liveness probe;
+``--metrics-port`` the Prometheus metrics (:mod:`citus_backup.metrics`) on a
+port of their own.
 
 Kubernetes access: in a pod, the ServiceAccount; elsewhere ``KUBECONFIG``
 (the tests use a kubeconfig minted for the operator's ServiceAccount, so the
@@ -62,6 +64,19 @@ def register(subparsers: Any) -> None:
         "--liveness",
         metavar="URL",
         help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=8081,
+        metavar="PORT",
+        help="serve Prometheus metrics on this port at /metrics (default 8081; 0: off)",
+    )
+    parser.add_argument(
+        "--metrics-address",
+        default="0.0.0.0",  # noqa: S104 - a pod's own address
+        metavar="ADDR",
+        help="address of the metrics endpoint (default 0.0.0.0)",
     )
     parser.add_argument(
         "--image",
@@ -126,7 +141,9 @@ def run(args: argparse.Namespace) -> int:
     from citus_backup.clients.kube import KubeCluster, api_client  # noqa: PLC0415
     from citus_backup.clients.postgres import PsycopgProbe  # noqa: PLC0415
     from citus_backup.controllers import register as register_handlers  # noqa: PLC0415
+    from citus_backup.controllers.metrics import register as register_metrics  # noqa: PLC0415
     from citus_backup.controllers.retention import register as register_retention  # noqa: PLC0415
+    from citus_backup.metrics.exporter import Metrics, serve  # noqa: PLC0415
     from citus_backup.reconcile.common import Deps  # noqa: PLC0415
 
     deps = Deps(
@@ -139,6 +156,10 @@ def run(args: argparse.Namespace) -> int:
     registry = kopf.OperatorRegistry()
     register_handlers(registry, deps, schedule_interval=args.schedule_interval)
     register_retention(registry, deps)  # lifecycle rules + catalogue (issue #5)
+    if args.metrics_port:
+        metrics = Metrics()
+        register_metrics(registry, metrics)
+        serve(metrics, args.metrics_port, args.metrics_address)
 
     @kopf.on.startup(registry=registry)
     def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:

@@ -25,6 +25,7 @@ from harness.polling import eventually
 from localenv.kube import KubeInfo
 from localenv.minio import MinioInfo
 from localenv.postgres import PostgresInfo
+from localenv.process import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
@@ -81,6 +82,12 @@ class OperatorProcess:
     home: Path
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    #: Port of the operator's Prometheus endpoint (on 127.0.0.1).
+    metrics_port: int = field(default_factory=free_port)
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def start(self) -> None:
         assert self.proc is None
@@ -107,6 +114,8 @@ class OperatorProcess:
                     SCHEDULE_INTERVAL,
                     "--poll-interval",
                     POLL_INTERVAL,
+                    f"--metrics-port={self.metrics_port}",
+                    "--metrics-address=127.0.0.1",
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

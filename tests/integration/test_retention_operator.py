@@ -58,7 +58,15 @@ class RetentionOperator(OperatorProcess):
         }
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "citus_backup.cli", "operator", "-A", "--standalone"],
+                [
+                    sys.executable,
+                    "-m",
+                    "citus_backup.cli",
+                    "operator",
+                    "-A",
+                    "--standalone",
+                    "--metrics-port=0",
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,

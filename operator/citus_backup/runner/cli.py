@@ -30,7 +30,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from citus_backup.errors import CitusBackupError, TransientError
+from citus_backup.errors import CitusBackupError, PermanentError, TransientError
 from citus_backup.runner import layout
 from citus_backup.runner.backup import DEFAULT_COMPRESS, BackupOptions, run_backup
 from citus_backup.runner.config import PgConfig, S3Config, pg_config, s3_config
@@ -339,6 +339,18 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="pg_restore --no-privileges (and no database ACL)",
     )
+    restore.add_argument(
+        "--verify",
+        action="store_true",
+        help="verification: restore each database into a scratch database "
+        "(citus_backup_verify_*), check it, drop it; touches no other database",
+    )
+    restore.add_argument(
+        "--checks-dir",
+        type=Path,
+        metavar="DIR",
+        help="with --verify: <database>.<check>.sql files, each a query that must return true",
+    )
     restore.set_defaults(func=_restore)
 
     lister = subparsers.add_parser(
@@ -479,6 +491,31 @@ def _host_port(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _check_verify_args(args: argparse.Namespace) -> None:
+    """--verify restores into scratch databases only: no option that names a target."""
+    if args.checks_dir is not None and not args.verify:
+        raise PermanentError("--checks-dir needs --verify", reason="InvalidArgument")
+    if not args.verify:
+        return
+    given = [
+        flag
+        for flag, value in (
+            ("--target-database", args.target_database),
+            ("--table", args.table),
+            ("--schema", args.schema),
+            ("--replace", args.replace),
+            ("--keep-old", args.keep_old),
+            ("--globals", args.globals),
+        )
+        if value
+    ]
+    if given:
+        raise PermanentError(
+            f"--verify restores into scratch databases only: drop {', '.join(given)}",
+            reason="InvalidArgument",
+        )
+
+
 def _restore(args: argparse.Namespace) -> int:
     def body(summary: RunSummary) -> None:
         from citus_backup.runner.restore import (  # noqa: PLC0415 (lazy: module doc)
@@ -490,6 +527,9 @@ def _restore(args: argparse.Namespace) -> int:
         if args.location and args.location.startswith("s3://"):
             # An s3://bucket/... location names its bucket.
             args.bucket = parse_location(args.location)[0]
+        from citus_backup.runner.verify import load_checks  # noqa: PLC0415
+
+        _check_verify_args(args)
         pg, s3 = _pg_config(args), _s3_config(args)
         options = RestoreOptions(
             backup_id=args.backup_id,
@@ -509,6 +549,8 @@ def _restore(args: argparse.Namespace) -> int:
             cpus=available_cpus(),
             progress_interval=args.progress_interval,
             citus_workers=args.citus_worker,
+            verify=args.verify,
+            checks=load_checks(args.checks_dir) if args.verify else (),
         )
         run_restore(pg, s3, options, summary)
 

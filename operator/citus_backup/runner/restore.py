@@ -39,6 +39,10 @@ Every database is restored into a new temporary database
 * **Everything** restores globals (roles, tablespaces) with psql, keeping the
   connecting role's current password, then every database; all targets are
   checked before anything is changed. Databases not named are never touched.
+* **Verification** (``--verify``, :mod:`.verify`): every database of the set
+  is restored like above into a reserved scratch database, checked (row
+  counts, distribution, the user's SQL checks) and dropped on every node; no
+  globals, no real database touched.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ from psycopg import sql
 
 from citus_backup.errors import CitusBackupError, PermanentError
 from citus_backup.runner import citus, dbprops, faults, layout, listing, pg, rebuild
+from citus_backup.runner import verify as verify_mod
 from citus_backup.runner.cluster import (
     Cluster,
     Node,
@@ -134,7 +139,14 @@ class RestoreOptions:
     #: Citus workers (host, port) to restore onto, instead of those the target
     #: database (or else the maintenance database, else the backup) names.
     citus_workers: Sequence[tuple[str, int]] = ()
+    #: Verification (:mod:`.verify`): restore every database into a scratch
+    #: database, check it, drop it; never a real database, never the globals.
+    verify: bool = False
+    checks: Sequence[verify_mod.Check] = ()
 
+
+#: Milliseconds a user check of a verification may run (statement_timeout).
+CHECK_TIMEOUT_MS = 10 * 60 * 1000
 
 #: How a database is restored (:meth:`_Restore.plan_database`).
 PLAIN, DISTRIBUTED, LOCAL = "plain", "distributed", "local"
@@ -493,7 +505,7 @@ class _Restore:
     def _maintenance(self, target: str) -> str:
         return self._maintenance_db([target])
 
-    def restore_database(self, entry: DatabaseEntry, target: str) -> None:
+    def restore_database(self, entry: DatabaseEntry, target: str) -> DatabasePlan:
         """Restore ``entry`` as ``target`` through a temporary database, on every node."""
         assert self.location is not None
         key = self.location.key(entry.object.name)
@@ -523,6 +535,7 @@ class _Restore:
                 self._drop_everywhere(sessions, temp)
                 raise
         log.info("restored database %s from %s", shown, entry.object.name)
+        return plan
 
     def _restore_temp(
         self,
@@ -1027,6 +1040,10 @@ class _Restore:
 
         plan = self.plan(manifest)
         with_globals = options.globals if options.globals is not None else not options.databases
+        if options.verify:
+            plan = [(entry, verify_mod.scratch_name(entry.name)) for entry, _ in plan]
+            with_globals = False
+            verify_mod.check_databases(list(options.checks), {e.name for e, _ in plan})
 
         with self.pg.session(self.pg_config.maintenance_db) as conn:
             server = pg.server_info(conn)
@@ -1038,7 +1055,7 @@ class _Restore:
             f"a restore of backup {manifest.backup_id} (dumped by pg_dump {archive_major}) "
             f"into PostgreSQL {server.version}",
         )
-        if not (options.tables or options.schemas):
+        if not (options.tables or options.schemas or options.verify):
             clashes = [target for _, target in plan if target in existing]
             if clashes and not options.replace:
                 raise target_exists(*clashes)
@@ -1050,7 +1067,9 @@ class _Restore:
             with self.progress:
                 if with_globals:
                     self.restore_globals(manifest)
-                if options.tables or options.schemas:
+                if options.verify:
+                    self._verify_all(plan)
+                elif options.tables or options.schemas:
                     entry, target = plan[0]
                     self.restore_objects(entry, target)
                 else:
@@ -1063,6 +1082,93 @@ class _Restore:
         self.summary.total_size = sum(self.summary.databases.values())
         self.summary.extra["restoreSeconds"] = round(time.monotonic() - started, 3)
 
+    # ------------------------------------------------------ verification
+    def _verify_all(self, plan: list[tuple[DatabaseEntry, str]]) -> None:
+        """Each database into its scratch database, checked, dropped (one at a
+        time: a verification is background work and must not load the server
+        like a restore would)."""
+        self._drop_leftover_scratch(plan)
+        report: dict[str, dict[str, object]] = {}
+        self.summary.extra["verification"] = report
+        for entry, scratch in plan:
+            done: DatabasePlan | None = None
+            try:
+                done = self.restore_database(entry, scratch)
+                passed = self._run_checks(entry, scratch)
+                report[entry.name] = {
+                    "restored": True,
+                    "checks": passed,
+                    "rows": self.summary.extra.get("verified", {}).get(scratch, ""),
+                }
+            finally:
+                if done is not None:
+                    with Sessions(
+                        done.cluster, lambda node: self._maintenance(scratch)
+                    ) as sessions:
+                        self._drop_everywhere(sessions, scratch)
+        # The scratch names mean nothing to the reader: report by source name.
+        verified = self.summary.extra.pop("verified", {})
+        self.summary.extra["verified"] = {
+            entry.name: verified.get(scratch, "") for entry, scratch in plan
+        }
+        citus_modes = self.summary.extra.pop("citus", None)
+        if citus_modes is not None:
+            self.summary.extra["citus"] = {
+                entry.name: citus_modes[scratch]
+                for entry, scratch in plan
+                if scratch in citus_modes
+            }
+        self.summary.extra.pop("citusUnavailable", None)
+
+    def _drop_leftover_scratch(self, plan: list[tuple[DatabaseEntry, str]]) -> None:
+        """Scratch databases a killed verification left (reserved prefix only)."""
+        with self.pg.session(self.pg_config.maintenance_db) as conn:
+            existing = pg.all_database_names(conn)
+            for name in sorted(n for n in existing if verify_mod.is_scratch(n)):
+                log.info("dropping scratch database %s left by an earlier verification", name)
+                pg.drop_database(conn, name, self.version_num)
+            plans = [(self.plan_database(conn, entry, scratch), scratch) for entry, scratch in plan]
+        for db_plan, scratch in plans:
+            if not db_plan.cluster.workers:
+                continue
+            maintenance = self._maintenance(scratch)
+            with Sessions(db_plan.cluster, lambda node: maintenance) as sessions:
+                for node in db_plan.cluster.workers:
+                    conn = sessions.get(node)
+                    if scratch in pg.all_database_names(conn):
+                        log.info("%s: dropping leftover scratch database %s", node.label, scratch)
+                        pg.drop_database(conn, scratch, self.version_num)
+
+    def _run_checks(self, entry: DatabaseEntry, scratch: str) -> list[str]:
+        """The user's checks of ``entry`` in its scratch copy; PermanentError(CheckFailed)."""
+        checks = [c for c in self.options.checks if c.database == entry.name]
+        if not checks:
+            return []
+        failures: list[str] = []
+        with self.pg.session(scratch, autocommit=False) as conn:
+            for check in checks:
+                try:
+                    with conn.transaction():
+                        conn.execute("SET LOCAL transaction_read_only = on")
+                        conn.execute(f"SET LOCAL statement_timeout = {CHECK_TIMEOUT_MS}")
+                        cur = conn.execute(check.query)
+                        rows = list(cur.fetchall()) if cur.description else []
+                except psycopg.Error as exc:
+                    message = " ".join(str(exc).split())
+                    failures.append(f"check {check.database}.{check.name} failed: {message}")
+                    continue
+                failure = verify_mod.check_result(check, rows)
+                if failure is not None:
+                    failures.append(failure)
+                else:
+                    log.info("check %s.%s passed", check.database, check.name)
+        if failures:
+            raise PermanentError(
+                "; ".join(failures) + " (in a scratch copy; the backup is unchanged)",
+                reason="CheckFailed",
+            )
+        return [c.name for c in checks]
+
     def _restore_all(self, plan: list[tuple[DatabaseEntry, str]]) -> None:
         """Databases in parallel; the maintenance database alone, last."""
         maintenance = self.pg_config.maintenance_db
@@ -1071,7 +1177,7 @@ class _Restore:
         jobs = self.options.jobs or default_jobs(self.options.cpus, len(parallel))
         if parallel:
             with ThreadPoolExecutor(jobs, "restore") as pool:
-                futures: list[Future[None]] = [
+                futures: list[Future[DatabasePlan]] = [
                     pool.submit(self.restore_database, entry, target) for entry, target in parallel
                 ]
                 try:
