@@ -8,7 +8,7 @@ and ``kubectl-create-citusbackup``), passing it the remaining arguments::
 
     kubectl create citusrestore NAME [--database DB ...] (--backup B | --policy P [--before TIME])
         [--target-database DB] [--table T ... | --schema S ...] [--replace [--keep-old]]
-        [--[no-]globals]
+        [--[no-]globals] [--verify [--checks-config-map CM]]
     kubectl create citusbackup NAME --policy P [--tier T] [--also-tier T ...]
 
 both with kubectl's ``-n/--namespace`` (default: the kubeconfig context's
@@ -64,6 +64,8 @@ FLAG_OF_FIELD = {
     "schemas": "--schema",
     "replace": "--replace",
     "keepOld": "--keep-old",
+    "verify": "--verify",
+    "checksConfigMap": "--checks-config-map",
     "globals": "--globals",
     "tier": "--tier",
     "alsoTiers": "--also-tier",
@@ -158,6 +160,17 @@ def restore_parser() -> argparse.ArgumentParser:
         help="with --replace: keep the replaced database as <name>_old_<backup id>",
     )
     parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="verification: restore into scratch databases, check row counts (and checks), "
+        "drop them; touches no real database",
+    )
+    parser.add_argument(
+        "--checks-config-map",
+        metavar="NAME",
+        help="with --verify: ConfigMap of <database>.<check>.sql queries that must return true",
+    )
+    parser.add_argument(
         "--globals",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -244,6 +257,8 @@ def build_restore(argv: Sequence[str]) -> Request:
         "schemas": tuple(args.schema) or None,
         "replace": True if args.replace else None,
         "keep_old": True if args.keep_old else None,
+        "verify": True if args.verify else None,
+        "checks_config_map": args.checks_config_map,
         "globals": args.globals,
     }
     try:

@@ -33,7 +33,13 @@ from citus_backup.api.common import (
     make_condition,
     set_condition,
 )
-from citus_backup.api.policy import PRESET_DAYS, RETENTION_EXCLUSIVE_MESSAGE, RetentionPreset
+from citus_backup.api.policy import (
+    PRESET_DAYS,
+    RETENTION_EXCLUSIVE_MESSAGE,
+    VERIFICATION_WHEN_MESSAGE,
+    RetentionPreset,
+)
+from citus_backup.api.restore import CHECKS_MESSAGE, VERIFY_MESSAGE
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "manifests" / "samples"
@@ -335,6 +341,19 @@ CROSS_FIELD_CASES: list[tuple[type[BaseModel], dict[str, Any], str]] = [
         CitusRestoreSpec,
         {"policyName": "p", "databases": ["a"], "keepOld": True},
         "keepOld requires replace (only a replaced database can be kept)",
+    ),
+    (
+        CitusRestoreSpec,
+        {"backupName": "b", "databases": ["a"], "verify": True, "targetDatabase": "x"},
+        VERIFY_MESSAGE,
+    ),
+    (CitusRestoreSpec, {"backupName": "b", "verify": True, "replace": True}, VERIFY_MESSAGE),
+    (CitusRestoreSpec, {"backupName": "b", "verify": True, "globals": True}, VERIFY_MESSAGE),
+    (CitusRestoreSpec, {"backupName": "b", "checksConfigMap": "c"}, CHECKS_MESSAGE),
+    (
+        CitusBackupPolicySpec,
+        policy_spec(verification={"checksConfigMap": "c"}),
+        VERIFICATION_WHEN_MESSAGE,
     ),
 ]
 

@@ -15,11 +15,13 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from citus_backup.api.restore import (
+    CHECKS_MESSAGE,
     KEEP_OLD_MESSAGE,
     SOURCE_MESSAGE,
     TABLES_MESSAGE,
     TABLES_OR_SCHEMAS_MESSAGE,
     TARGET_DATABASE_MESSAGE,
+    VERIFY_MESSAGE,
 )
 from citus_backup.plugins import (
     PluginError,
@@ -107,6 +109,8 @@ def test_restore_spec_holds_only_what_was_given() -> None:
     assert build_restore(["r", "--backup", "b", "--globals"]).body["spec"]["globals"] is True
     kept = build_restore(["r", "--backup", "b", "--database", "d", "--replace", "--keep-old"])
     assert kept.body["spec"]["keepOld"] is True
+    verify = build_restore(["v", "--backup", "b", "--verify", "--checks-config-map", "cm"])
+    assert verify.body["spec"] == {"backupName": "b", "verify": True, "checksConfigMap": "cm"}
 
 
 def test_namespace_flag_is_in_the_object_like_kubectl() -> None:
@@ -128,6 +132,8 @@ def test_namespace_flag_is_in_the_object_like_kubectl() -> None:
         ),
         (["r1", "--backup", "b", "--before", "2026-11-27T03:00:00Z"], "before can only be used"),
         (["r1", "--backup", "b", "--database", "d", "--keep-old"], KEEP_OLD_MESSAGE),
+        (["r1", "--backup", "b", "--verify", "--replace"], VERIFY_MESSAGE),
+        (["r1", "--backup", "b", "--checks-config-map", "cm"], CHECKS_MESSAGE),
         (["r1", "--policy", "p", "--before", "2026-11-27T03:00:00"], "--before"),
         (["r1", "--policy", "p", "--before", "yesterday"], "--before"),
         (["r1", "--backup", "b", "--database", "d" * 64], "--database"),

@@ -186,6 +186,9 @@ class ConditionType(StrEnum):
     #: (and checked against the backup), False when the target has no Citus and
     #: the tables came back local. Absent for backups without Citus.
     CITUS_DISTRIBUTED = "CitusDistributed"
+    #: CitusBackup: result of the newest verification (a test restore into a
+    #: scratch database) of this backup; absent until one ran.
+    VERIFIED = "Verified"
 
 
 class Reason(StrEnum):
@@ -233,6 +236,16 @@ class Reason(StrEnum):
     # Citus distribution of a restore
     DISTRIBUTION_RESTORED = "DistributionRestored"
     CITUS_UNAVAILABLE = "CitusUnavailable"
+    # verification (a test restore into scratch databases)
+    VERIFICATION_SUCCEEDED = "VerificationSucceeded"
+    #: Row counts or the Citus distribution differ from the backup's manifest.
+    VERIFICATION_FAILED = "VerificationFailed"
+    #: A stored object's sha256 or size does not match the manifest.
+    CHECKSUM_MISMATCH = "ChecksumMismatch"
+    #: A user SQL check returned something else than true, or an error.
+    CHECK_FAILED = "CheckFailed"
+    #: A file of the checks ConfigMap is unusable (name, size, unknown database).
+    INVALID_CHECK = "InvalidCheck"
 
 
 #: Reasons each condition type may carry (documentation, and checked by tests).
@@ -295,11 +308,28 @@ REASONS_BY_CONDITION: dict[ConditionType, frozenset[Reason]] = {
             Reason.RESTORE_RUNNING,
             Reason.RESTORE_SUCCEEDED,
             Reason.RESTORE_FAILED,
+            # a restore (or verification) that failed for a typed reason of the runner
+            Reason.VERIFICATION_FAILED,
+            Reason.CHECKSUM_MISMATCH,
+            Reason.CHECK_FAILED,
+            Reason.INVALID_CHECK,
         }
     ),
     ConditionType.RESTORABLE: frozenset({Reason.DATA_PRESENT, Reason.DATA_EXPIRED}),
     ConditionType.CITUS_DISTRIBUTED: frozenset(
         {Reason.DISTRIBUTION_RESTORED, Reason.CITUS_UNAVAILABLE}
+    ),
+    ConditionType.VERIFIED: frozenset(
+        {
+            Reason.VERIFICATION_SUCCEEDED,
+            Reason.VERIFICATION_FAILED,
+            Reason.CHECKSUM_MISMATCH,
+            Reason.CHECK_FAILED,
+            Reason.INVALID_CHECK,
+            Reason.BACKUP_NOT_FOUND,
+            Reason.RESTORE_FAILED,
+            Reason.JOB_DEADLINE_EXCEEDED,
+        }
     ),
 }
 

@@ -496,6 +496,58 @@ class JobTemplate(ApiModel):
     )
 
 
+# --------------------------------------------------------------------------- verification
+
+VERIFICATION_WHEN_MESSAGE = "verification needs everyNthBackup or schedule (or both)"
+
+
+class VerificationSpec(ApiModel):
+    """Scheduled test restores that prove a backup restores (README: Verification)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("has(self.everyNthBackup) || has(self.schedule)", VERIFICATION_WHEN_MESSAGE)
+            ]
+        }
+    )
+
+    every_nth_backup: Annotated[int, Field(ge=1, le=1000)] | None = Field(
+        None,
+        description="Verify a backup when it succeeds if this many successful backups "
+        "(itself included) completed since the newest verified one: 1 verifies every backup.",
+    )
+    schedule: Annotated[str, Field(min_length=1, max_length=256, pattern=CRON_PATTERN)] | None = (
+        Field(
+            None,
+            description="Cron expression (in the policy's timeZone): verify the newest "
+            "successful backup at these times, unless it is already verified.",
+        )
+    )
+    server: PostgresConnection | None = Field(
+        None,
+        description="Server to restore the scratch databases into; default: the policy's "
+        "coordinator. Roles are not restored: on another server the restore runs without "
+        "owners and privileges (pg_restore --no-owner --no-privileges).",
+    )
+    checks_config_map: DNSSubdomain | None = Field(
+        None,
+        description="ConfigMap (same namespace) whose keys <database>.<check>.sql each hold "
+        "a query run in the scratch copy of <database>; it must return one row with true.",
+    )
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str | None) -> str | None:
+        return None if value is None else check_cron(value)
+
+    @model_validator(mode="after")
+    def _when(self) -> VerificationSpec:
+        if self.every_nth_backup is None and self.schedule is None:
+            raise ValueError(VERIFICATION_WHEN_MESSAGE)
+        return self
+
+
 # --------------------------------------------------------------------------- spec
 
 POLICY_NAME_MESSAGE = (
@@ -556,6 +608,11 @@ class CitusBackupPolicySpec(ApiModel):
         "deadlines).",
         json_schema_extra={"default": {}},
     )
+    verification: VerificationSpec | None = Field(
+        None,
+        description="Test restores of this policy's backups into scratch databases, with row "
+        "counts and optional SQL checks compared; absent: no verification.",
+    )
 
     @field_validator("schedule")
     @classmethod
@@ -605,6 +662,19 @@ class LifecycleStatus(StatusModel):
     )
 
 
+class VerificationRef(StatusModel):
+    """The newest verification of one of this policy's backups."""
+
+    backup_name: str = Field(description="The CitusBackup verified.")
+    restore_name: str = Field(description="The verification CitusRestore.")
+    time: AwareDatetime | None = Field(None, description="When the verification ended.")
+    succeeded: bool = Field(description="Whether the backup restored and every check passed.")
+    reason: str | None = Field(None, description="CamelCase reason of the result.")
+    message: Annotated[str, Field(max_length=32768)] | None = Field(
+        None, description="What was checked, or why it failed."
+    )
+
+
 class CitusBackupPolicyStatus(StatusModel):
     """Observed state of a CitusBackupPolicy."""
 
@@ -629,6 +699,12 @@ class CitusBackupPolicyStatus(StatusModel):
     )
     lifecycle: LifecycleStatus | None = Field(
         None, description="Bucket lifecycle rules derived from retention."
+    )
+    last_verification: VerificationRef | None = Field(
+        None, description="The newest verification of this policy's backups."
+    )
+    last_verification_schedule_time: AwareDatetime | None = Field(
+        None, description="Scheduled time of the newest verification started by schedule."
     )
 
 

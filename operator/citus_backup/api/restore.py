@@ -66,6 +66,11 @@ TABLES_OR_SCHEMAS_MESSAGE = (
 )
 SPEC_IMMUTABLE_MESSAGE = "spec is immutable"
 KEEP_OLD_MESSAGE = "keepOld requires replace (only a replaced database can be kept)"
+VERIFY_MESSAGE = (
+    "verify restores into scratch databases only: it excludes targetDatabase, tables, "
+    "schemas, replace and globals"
+)
+CHECKS_MESSAGE = "checksConfigMap requires verify"
 
 #: ``schema.table`` or ``table``; quoted identifiers are not supported.
 TableName = Annotated[str, Field(min_length=1, max_length=127)]
@@ -102,6 +107,18 @@ class CitusRestoreSpec(ApiModel):
                 cel(
                     "!has(self.keepOld) || !self.keepOld || (has(self.replace) && self.replace)",
                     KEEP_OLD_MESSAGE,
+                ),
+                cel(
+                    "!has(self.verify) || !self.verify || (!has(self.targetDatabase) && "
+                    "(!has(self.tables) || size(self.tables) == 0) && "
+                    "(!has(self.schemas) || size(self.schemas) == 0) && "
+                    "(!has(self.replace) || !self.replace) && "
+                    "(!has(self.globals) || !self.globals))",
+                    VERIFY_MESSAGE,
+                ),
+                cel(
+                    "!has(self.checksConfigMap) || (has(self.verify) && self.verify)",
+                    CHECKS_MESSAGE,
                 ),
             ]
         }
@@ -173,6 +190,19 @@ class CitusRestoreSpec(ApiModel):
         "jobTemplate.",
     )
 
+    verify: bool = Field(
+        False,
+        description="Verification: restore each database (all, or those of databases) into "
+        "a scratch database (citus_backup_verify_*), compare row counts and the Citus "
+        "distribution with the backup, run the checks, drop it. Touches no other database "
+        "and no role. Exclusive with targetDatabase, tables, schemas, replace, globals.",
+    )
+    checks_config_map: DNSSubdomain | None = Field(
+        None,
+        description="With verify: a ConfigMap (same namespace) whose keys "
+        "<database>.<check>.sql each hold a query that must return one row with true.",
+    )
+
     @field_validator("databases", "tables", "schemas")
     @classmethod
     def _unique(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -196,6 +226,12 @@ class CitusRestoreSpec(ApiModel):
             raise ValueError(TABLES_OR_SCHEMAS_MESSAGE)
         if self.keep_old and not self.replace:
             raise ValueError(KEEP_OLD_MESSAGE)
+        if self.verify and (
+            self.target_database or self.tables or self.schemas or self.replace or self.globals
+        ):
+            raise ValueError(VERIFY_MESSAGE)
+        if self.checks_config_map is not None and not self.verify:
+            raise ValueError(CHECKS_MESSAGE)
         return self
 
     @property
@@ -205,7 +241,9 @@ class CitusRestoreSpec(ApiModel):
 
     @property
     def effective_globals(self) -> bool:
-        """``globals`` if set; otherwise true exactly for a full restore."""
+        """``globals`` if set; otherwise true exactly for a full restore (never for verify)."""
+        if self.verify:
+            return False
         return self.is_full_restore if self.globals is None else self.globals
 
 

@@ -75,7 +75,8 @@ class PolicyFacts:
     next_run: float | None
     #: Seconds between two scheduled runs (from the cron and time zone), if known.
     interval: float | None
-    #: Seconds between two verifications, if the policy verifies on a schedule.
+    #: Seconds between two verifications, if the policy verifies (its schedule, or
+    #: N schedule intervals for everyNthBackup: N).
     verification_interval: float | None
 
 
@@ -134,6 +135,10 @@ def policy_facts(body: Mapping[str, Any], now: float) -> PolicyFacts:
     verification_interval = schedule_interval(
         verification.get("schedule"), spec.get("timeZone"), now
     )
+    nth = verification.get("everyNthBackup")
+    if verification_interval is None and isinstance(nth, int) and interval is not None:
+        # Verified after every Nth backup: one verification per N schedule intervals.
+        verification_interval = interval * nth
     in_sync = _true(_condition(status, "LifecycleInSync"))
     return PolicyFacts(
         namespace=str(meta.get("namespace") or ""),
@@ -436,7 +441,8 @@ _POLICY_FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
         _NP,
     ),
     "verification_interval_seconds": (
-        "Seconds between two scheduled verifications, when the policy verifies on a schedule.",
+        "Seconds between two verifications of the policy's backups (verification.schedule, "
+        "or everyNthBackup times the schedule interval); absent without verification.",
         _NP,
     ),
 }

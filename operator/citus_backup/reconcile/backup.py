@@ -39,8 +39,8 @@ from citus_backup.api.common import (
     set_condition,
 )
 from citus_backup.api.policy import CitusBackupPolicy
-from citus_backup.errors import PermanentError
-from citus_backup.reconcile import concurrency
+from citus_backup.errors import CitusBackupError, PermanentError
+from citus_backup.reconcile import concurrency, verification
 from citus_backup.reconcile.common import (
     NORMAL,
     WARNING,
@@ -227,6 +227,13 @@ class BackupReconciler:
             extra,
             restorable=restorable,
         )
+        if policy is not None and policy.spec.verification is not None:
+            try:
+                verification.after_backup(self.deps, policy, backup)
+            except CitusBackupError as err:
+                # The backup is done either way; a scheduled verification (if
+                # any) still finds it unverified.
+                logger.warning("verification of %s not requested: %s", backup.name, err)
 
     # ------------------------------------------------------------------ status
 

@@ -27,6 +27,7 @@ from citus_backup.api.backup import CitusBackup
 from citus_backup.api.policy import CitusBackupPolicy
 from citus_backup.api.restore import CitusRestore
 from citus_backup.reconcile.ports import Cluster, Kind
+from citus_backup.runner.verify import scratch_name
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -113,7 +114,11 @@ def restore_activity(
     else:
         server = _server(policy)
     databases: frozenset[str] | None
-    if spec.target_database is not None:
+    if spec.verify:
+        # Its own scratch databases (two verifications of one set collide there).
+        sources = spec.databases or (tuple(backup.status.databases) if backup else ())
+        databases = frozenset(scratch_name(db) for db in sources) if sources else None
+    elif spec.target_database is not None:
         databases = frozenset({spec.target_database})
     elif spec.databases:
         databases = frozenset(spec.databases)

@@ -53,6 +53,7 @@ from citus_backup.api.common import (
 )
 from citus_backup.api.policy import CitusBackupPolicy
 from citus_backup.errors import PermanentError, TransientError
+from citus_backup.reconcile import verification
 from citus_backup.reconcile.common import (
     NORMAL,
     WARNING,
@@ -370,6 +371,7 @@ class PolicyReconciler:
         backups = backups_of(deps, policy)
         if ready:
             conditions = self._act(policy, decision, backups, fields, conditions, now)
+            self._verify_by_schedule(policy, backups, fields, now)
 
         summary, conditions = backup_summary(
             backups_of(deps, policy) if "lastScheduleTime" in fields else backups,
@@ -383,6 +385,37 @@ class PolicyReconciler:
             patch_policy_status(
                 deps, namespace, policy.name, policy.metadata.resource_version, fields
             )
+
+    def _verify_by_schedule(
+        self,
+        policy: CitusBackupPolicy,
+        backups: Sequence[CitusBackup],
+        fields: dict[str, Any],
+        now: datetime,
+    ) -> None:
+        """At a fire time of ``verification.schedule``: verify the newest successful
+        backup unless it already has a verification (suspend stops this too)."""
+        verification_spec = policy.spec.verification
+        if verification_spec is None or verification_spec.schedule is None:
+            return
+        decision = decide(
+            verification_spec.schedule,
+            policy.spec.time_zone,
+            now=now,
+            last_schedule_time=policy.status.last_verification_schedule_time,
+            created=policy.metadata.creation_timestamp or now,
+            starting_deadline_seconds=None,
+            suspend=policy.spec.suspend,
+        )
+        if decision.run is None:
+            return
+        restores = self.deps.cluster.list(Kind.RESTORE, policy.namespace or "")
+        target = verification.due_by_schedule(policy, backups, restores)
+        if target is not None:
+            verification.request(
+                self.deps, policy, target, f"schedule {verification_spec.schedule!r}"
+            )
+        fields["lastVerificationScheduleTime"] = time_str(decision.run)
 
     def _readiness(self, policy: CitusBackupPolicy, now: datetime) -> tuple[Reason, str, bool]:
         old = find_condition(policy.status.conditions, ConditionType.READY)

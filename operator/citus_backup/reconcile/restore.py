@@ -31,7 +31,7 @@ from citus_backup.api.common import ConditionType, Phase, Reason, make_condition
 from citus_backup.api.policy import CitusBackupPolicy
 from citus_backup.api.restore import CitusRestore
 from citus_backup.errors import PermanentError, TransientError
-from citus_backup.reconcile import concurrency
+from citus_backup.reconcile import concurrency, verification
 from citus_backup.reconcile.common import (
     NORMAL,
     WARNING,
@@ -46,6 +46,7 @@ from citus_backup.reconcile.common import (
 )
 from citus_backup.reconcile.jobs import DEADLINE_EXCEEDED, Progress, outcome
 from citus_backup.reconcile.ports import Kind
+from citus_backup.runner.verify import scratch_name
 from citus_backup.specs.jobs import build_restore_job
 from citus_backup.specs.names import restore_job_name
 
@@ -91,13 +92,40 @@ def citus_condition(citus: dict[str, Any]) -> tuple[bool, Reason, str] | None:
 
 
 def targets_of(restore: CitusRestore, backup: CitusBackup) -> list[str]:
-    """The databases a restore writes (target names)."""
+    """The databases a restore writes (target names; a verification's scratch names)."""
     spec = restore.spec
+    if spec.verify:
+        sources = list(spec.databases) or sorted(backup.status.databases)
+        return [scratch_name(db) for db in sources]
     if spec.target_database is not None:
         return [spec.target_database]
     if spec.databases:
         return list(spec.databases)
     return sorted(backup.status.databases)
+
+
+def success_message(
+    restore: CitusRestore,
+    summary: dict[str, Any],
+    backup_id: str | None,
+    source_name: str | None,
+    names: str,
+) -> str:
+    """The status message of a finished restore (a verification says what it checked)."""
+    source = f"backup {backup_id} ({source_name or 'unknown'})"
+    if not restore.spec.verify:
+        return f"restored {names} from {source}"
+    verified = summary.get("verified") or {}
+    checked = "; ".join(f"{db}: {text}" for db, text in sorted(verified.items()))
+    message = f"{source} restores: {checked}"
+    checks = [
+        f"{db}.{name}"
+        for db, info in sorted((summary.get("verification") or {}).items())
+        for name in info.get("checks") or ()
+    ]
+    if checks:
+        message += f"; checks passed: {', '.join(checks)}"
+    return message
 
 
 class RestoreReconciler:
@@ -193,13 +221,15 @@ class RestoreReconciler:
                 databases = targets_of(restore, source)
             names = ", ".join(databases) or "nothing"
             verified = result.summary.get("verified") or {}
+            backup_id = source.status.backup_id if source else restore.status.backup_id
+            if restore.spec.verify:
+                databases = sorted(verified) or databases
+            message = success_message(restore, result.summary, backup_id, source_name, names)
             self._finish(
                 restore,
                 Phase.SUCCEEDED,
                 Reason.RESTORE_SUCCEEDED,
-                f"restored {names} from backup "
-                f"{source.status.backup_id if source else restore.status.backup_id} "
-                f"({source_name or 'unknown'})",
+                message,
                 state.completion_time,
                 {
                     "restoredDatabases": databases,
@@ -220,7 +250,14 @@ class RestoreReconciler:
             message = result.message or "the restore Job failed"
             if reason == Reason.RESTORE_FAILED and runner_reason:
                 message = f"{runner_reason}: {message}"
-            self._finish(restore, Phase.FAILED, reason, message, state.completion_time)
+            self._finish(
+                restore,
+                Phase.FAILED,
+                reason,
+                message,
+                state.completion_time,
+                verified_reason=verification.verified_reason(runner_reason, ok=False),
+            )
             return None
         running = result.progress is Progress.RUNNING
         self._patch(
@@ -279,6 +316,8 @@ class RestoreReconciler:
         namespace: str,
     ) -> None:
         spec = restore.spec
+        if spec.verify:
+            return  # scratch databases: the runner drops leftovers of its own
         if spec.replace or spec.tables or spec.schemas or self.deps.probe is None:
             return  # partial restores: the runner checks the listed objects itself
         targets = targets_of(restore, backup)
@@ -363,15 +402,28 @@ class RestoreReconciler:
         completed: datetime | None = None,
         extra: dict[str, Any] | None = None,
         citus: tuple[bool, Reason, str] | None = None,
+        *,
+        verified_reason: Reason | None = None,
     ) -> None:
         extra = dict(extra or {})
         extra["completionTime"] = time_str(completed or self.deps.clock())
         self._patch(restore, phase, reason, message, extra, citus)
+        ok = phase is Phase.SUCCEEDED
+        if restore.spec.verify:
+            verification.record(
+                self.deps,
+                namespace=restore.namespace or "",
+                restore_name=restore.name,
+                backup_name=restore.status.backup_name or restore.spec.backup_name,
+                ok=ok,
+                reason=verified_reason or verification.verified_reason(str(reason), ok),
+                message=message,
+                completed=completed,
+            )
         if citus is not None and not citus[0]:
             self.deps.events.emit(
                 ref_body(restore), WARNING, str(Reason.CITUS_UNAVAILABLE), citus[2]
             )
-        ok = phase is Phase.SUCCEEDED
         self.deps.events.emit(
             ref_body(restore),
             NORMAL if ok else WARNING,

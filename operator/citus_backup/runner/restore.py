@@ -57,7 +57,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -1094,6 +1094,7 @@ class _Restore:
             done: DatabasePlan | None = None
             try:
                 done = self.restore_database(entry, scratch)
+                faults.point("checks")
                 passed = self._run_checks(entry, scratch)
                 report[entry.name] = {
                     "restored": True,
@@ -1102,9 +1103,8 @@ class _Restore:
                 }
             finally:
                 if done is not None:
-                    with Sessions(
-                        done.cluster, lambda node: self._maintenance(scratch)
-                    ) as sessions:
+                    chooser = _always(self._maintenance(scratch))
+                    with Sessions(done.cluster, chooser) as sessions:
                         self._drop_everywhere(sessions, scratch)
         # The scratch names mean nothing to the reader: report by source name.
         verified = self.summary.extra.pop("verified", {})
@@ -1131,8 +1131,7 @@ class _Restore:
         for db_plan, scratch in plans:
             if not db_plan.cluster.workers:
                 continue
-            maintenance = self._maintenance(scratch)
-            with Sessions(db_plan.cluster, lambda node: maintenance) as sessions:
+            with Sessions(db_plan.cluster, _always(self._maintenance(scratch))) as sessions:
                 for node in db_plan.cluster.workers:
                     conn = sessions.get(node)
                     if scratch in pg.all_database_names(conn):
@@ -1195,6 +1194,11 @@ class _Restore:
                     raise
         for entry, target in last:
             self.restore_database(entry, target)
+
+
+def _always(database: str) -> Callable[[Node], str]:
+    """A Sessions database chooser that picks ``database`` on every node."""
+    return lambda _node: database
 
 
 def target_exists(*targets: str, detail: str | None = None) -> PermanentError:

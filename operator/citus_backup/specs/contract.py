@@ -83,11 +83,16 @@ FLAG_REPLACE: Final = "--replace"
 FLAG_KEEP_OLD: Final = "--keep-old"
 FLAG_GLOBALS: Final = "--globals"
 FLAG_NO_GLOBALS: Final = "--no-globals"  # one of the two is always passed: no runner default
+FLAG_VERIFY: Final = "--verify"  # verification: scratch databases only
+FLAG_CHECKS_DIR: Final = "--checks-dir"  # with --verify: the checks ConfigMap's mount
+FLAG_NO_OWNER: Final = "--no-owner"
+FLAG_NO_PRIVILEGES: Final = "--no-privileges"
 
 # --- files and the user
 TMP_DIR: Final = "/tmp"  # noqa: S108 (an emptyDir volume, private to the pod)
 S3_CA_DIR: Final = "/etc/citus-backup/s3-ca"
 PG_CA_DIR: Final = "/etc/citus-backup/pg-ca"
+CHECKS_DIR: Final = "/etc/citus-backup/checks"
 CA_FILE_NAME: Final = "ca.crt"
 TERMINATION_MESSAGE_PATH: Final = "/dev/termination-log"
 #: The non-root user (and group) the runner runs as ("nonroot" of distroless images).

@@ -78,7 +78,7 @@ from citus_backup.api.policy import (
     StorageSpec,
 )
 from citus_backup.api.restore import KIND as RESTORE_KIND
-from citus_backup.api.restore import CitusRestore
+from citus_backup.api.restore import CitusRestore, CitusRestoreSpec
 from citus_backup.errors import PermanentError
 from citus_backup.specs import contract as c
 from citus_backup.specs.names import backup_job_name, label_value, restore_job_name
@@ -89,6 +89,7 @@ RESTORE_CONTAINER = "restore"
 TMP_VOLUME = "tmp"
 S3_CA_VOLUME = "s3-ca"
 PG_CA_VOLUME = "pg-ca"
+CHECKS_VOLUME = "checks"
 #: Certificates are public: world-readable is fine and works without fsGroup support.
 CA_FILE_MODE = 0o444
 
@@ -215,6 +216,10 @@ def build_restore_job(
     args.append(c.FLAG_GLOBALS if spec.effective_globals else c.FLAG_NO_GLOBALS)
     if policy.spec.dump.jobs is not None:
         args += [c.FLAG_JOBS, str(policy.spec.dump.jobs)]
+    extra_volumes: list[V1Volume] = []
+    extra_mounts: list[V1VolumeMount] = []
+    if spec.verify:
+        args += _verify_args(spec, extra_volumes, extra_mounts)
 
     template = spec.job_template or policy.spec.job_template
     labels = _labels(
@@ -235,10 +240,34 @@ def build_restore_job(
         connection=spec.target or policy.spec.coordinator,
         storage=policy.spec.storage,
         template=template,
+        extra_volumes=extra_volumes,
+        extra_mounts=extra_mounts,
     )
 
 
 # --------------------------------------------------------------------------- pieces
+
+
+def _verify_args(
+    spec: CitusRestoreSpec, volumes: list[V1Volume], mounts: list[V1VolumeMount]
+) -> list[str]:
+    """Flags of a verification (and the checks ConfigMap's volume and mount)."""
+    args = [c.FLAG_VERIFY]
+    if spec.target is not None:
+        # Another server has none of the source's roles (they are never restored).
+        args += [c.FLAG_NO_OWNER, c.FLAG_NO_PRIVILEGES]
+    if spec.checks_config_map is not None:
+        args += [c.FLAG_CHECKS_DIR, c.CHECKS_DIR]
+        volumes.append(
+            V1Volume(
+                name=CHECKS_VOLUME,
+                config_map=V1ConfigMapVolumeSource(
+                    name=spec.checks_config_map, default_mode=CA_FILE_MODE, optional=False
+                ),
+            )
+        )
+        mounts.append(V1VolumeMount(name=CHECKS_VOLUME, mount_path=c.CHECKS_DIR, read_only=True))
+    return args
 
 
 def _same_namespace(*metas: ObjectMeta) -> str:
@@ -407,8 +436,12 @@ def _job(
     connection: PostgresConnection,
     storage: StorageSpec,
     template: JobTemplate,
+    extra_volumes: Sequence[V1Volume] = (),
+    extra_mounts: Sequence[V1VolumeMount] = (),
 ) -> V1Job:
     env, volumes, mounts = _env_and_volumes(connection, storage)
+    volumes += extra_volumes
+    mounts += extra_mounts
     container = V1Container(
         name=container_name,
         image=image,
