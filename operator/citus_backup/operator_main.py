@@ -140,8 +140,10 @@ def run(args: argparse.Namespace) -> int:
     from citus_backup.clients.events import KopfEvents  # noqa: PLC0415
     from citus_backup.clients.kube import KubeCluster, api_client  # noqa: PLC0415
     from citus_backup.clients.postgres import PsycopgProbe  # noqa: PLC0415
+    from citus_backup.clients.progress import BucketProgress  # noqa: PLC0415
     from citus_backup.controllers import register as register_handlers  # noqa: PLC0415
     from citus_backup.controllers.metrics import register as register_metrics  # noqa: PLC0415
+    from citus_backup.controllers.retention import bucket_factory  # noqa: PLC0415
     from citus_backup.controllers.retention import register as register_retention  # noqa: PLC0415
     from citus_backup.metrics.exporter import Metrics, serve  # noqa: PLC0415
     from citus_backup.reconcile.common import Deps  # noqa: PLC0415
@@ -153,6 +155,8 @@ def run(args: argparse.Namespace) -> int:
         probe=PsycopgProbe(),
         poll_seconds=args.poll_interval,
     )
+    # Running backups' progress from the bucket (reconcile.progress).
+    deps.progress = BucketProgress(bucket_factory(deps))
     registry = kopf.OperatorRegistry()
     register_handlers(registry, deps, schedule_interval=args.schedule_interval)
     register_retention(registry, deps)  # lifecycle rules + catalogue (issue #5)

@@ -74,7 +74,7 @@ def test_a_manual_backup_runs_its_job_and_records_the_summary(w: World) -> None:
     assert restorable is not None
     assert (restorable["status"], restorable["reason"]) == ("True", "DataPresent")
     assert "s3://backups/main/daily/20261127T020000Z/manifest.json" in restorable["message"]
-    assert w.events.reasons("now") == ["JobCreated", "BackupSucceeded"]
+    assert w.events.reasons("now") == ["JobCreated", "BackupRunning", "BackupSucceeded"]
     assert w.events.reasons("main") == ["BackupSucceeded"]
     policy_status = w.cluster.status(Kind.POLICY, "main")
     assert policy_status["lastSuccessfulBackup"]["name"] == "now"
@@ -82,7 +82,7 @@ def test_a_manual_backup_runs_its_job_and_records_the_summary(w: World) -> None:
     w.cluster.finish_job("now-backup", None, ok=False)
     assert run(w, "now") is None
     assert w.cluster.status(Kind.BACKUP, "now")["phase"] == "Succeeded"
-    assert w.events.reasons("now") == ["JobCreated", "BackupSucceeded"]
+    assert w.events.reasons("now") == ["JobCreated", "BackupRunning", "BackupSucceeded"]
 
 
 def test_a_scheduled_backup_uses_its_scheduled_time_as_backup_id(w: World) -> None:

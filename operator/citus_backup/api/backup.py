@@ -96,6 +96,16 @@ class BackupLocation(StatusModel):
     )
 
 
+class BackupProgress(StatusModel):
+    """How far a running backup is (read from the bucket; see the operator's docs)."""
+
+    databases_done: NonNegativeInt = Field(description="Databases whose dump is stored.")
+    databases_total: NonNegativeInt | None = Field(
+        None, description="Databases of the run (from its started.json)."
+    )
+    bytes: NonNegativeInt = Field(0, description="Bytes stored so far (compressed dumps).")
+
+
 class CitusBackupStatus(StatusModel):
     """Observed state of a CitusBackup."""
 
@@ -122,6 +132,11 @@ class CitusBackupStatus(StatusModel):
         None, description="Total size, human readable (e.g. 1.5 GiB)."
     )
     job_name: str | None = Field(None, description="Name of the backup Job.")
+    progress: BackupProgress | None = Field(
+        None,
+        description="Databases done/total and bytes stored so far, updated while the backup "
+        "runs (at most every 10 s).",
+    )
     message: Annotated[str, Field(max_length=32768)] | None = Field(
         None, description="Human-readable result or failure cause; never contains credentials."
     )

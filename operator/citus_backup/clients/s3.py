@@ -298,6 +298,36 @@ class BucketClient:
             raise self._error(ValueError(f"{key} larger than {limit} bytes"), "read")
         return bytes(data)
 
+    def object_sizes(self, prefix: str) -> dict[str, int]:
+        """Key -> size of every object under ``prefix`` (one listing)."""
+        try:
+            return {
+                str(obj.object_name): int(obj.size or 0)
+                for obj in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
+                if obj.object_name is not None and not obj.is_dir
+            }
+        except Exception as exc:
+            raise self._error(exc, f"list {prefix} in") from exc
+
+    def uploaded_bytes(self, key: str) -> int:
+        """Bytes of the parts uploaded so far to the multipart uploads in progress of ``key``.
+
+        The SDK has no public call for this; the runner's uploads are multipart,
+        and these two calls are the S3 API's own (ListMultipartUploads, ListParts).
+        minio is pinned exactly, so the private names cannot move under us.
+        """
+        total = 0
+        try:
+            uploads = self.client._list_multipart_uploads(self.bucket, prefix=key)
+            for upload in uploads.uploads:
+                if upload.object_name != key or not upload.upload_id:
+                    continue
+                parts = self.client._list_parts(self.bucket, key, upload.upload_id)
+                total += sum(int(part.size or 0) for part in parts.parts)
+        except Exception as exc:
+            raise self._error(exc, f"list the uploads of {key} in") from exc
+        return total
+
     def remove_prefix(self, prefix: str) -> int:
         """Delete every object under ``prefix`` (only for deleteDataOnPolicyDeletion)."""
         from minio.deleteobjects import DeleteObject  # noqa: PLC0415

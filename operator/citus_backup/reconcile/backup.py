@@ -55,12 +55,22 @@ from citus_backup.reconcile.common import (
 )
 from citus_backup.reconcile.jobs import DEADLINE_EXCEEDED, Progress, outcome
 from citus_backup.reconcile.ports import Kind
+from citus_backup.reconcile.progress import MIN_INTERVAL
 from citus_backup.specs.jobs import build_backup_job
 from citus_backup.specs.names import backup_id as make_backup_id
 from citus_backup.specs.names import backup_job_name
 from citus_backup.specs.retention import backup_tiers
 
 logger = logging.getLogger(__name__)
+
+
+def progress_text(progress: dict[str, Any]) -> str:
+    """``1/3 databases, 12.0 MiB`` for the status message."""
+    total = progress.get("databasesTotal")
+    done = progress["databasesDone"]
+    if total is not None:
+        done = f"{done}/{total}"
+    return f"{done} databases stored, {format_size(int(progress.get('bytes') or 0))}"
 
 
 def backup_id_for(backup: CitusBackup) -> str:
@@ -76,6 +86,9 @@ class BackupReconciler:
 
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
+        #: (namespace, name) -> (when, progress) of the last progress read; an entry
+        #: goes when its backup finishes.
+        self._progress_read: dict[tuple[str, str], tuple[datetime, dict[str, Any] | None]] = {}
 
     def reconcile(self, name: str, namespace: str) -> float | None:
         with self.deps.locked("CitusBackup", namespace, name):
@@ -133,17 +146,41 @@ class BackupReconciler:
         phase = Phase.RUNNING if result.progress is Progress.RUNNING else Phase.PENDING
         reason = Reason.JOB_RUNNING if phase is Phase.RUNNING else Reason.JOB_CREATED
         message = f"Job {job_name} {'is running' if phase is Phase.RUNNING else 'created'}"
-        self._patch(
-            backup,
-            phase,
-            reason,
-            message,
-            extra={
-                "jobName": job_name,
-                "startTime": time_str(state.start_time or backup.status.start_time),
-            },
-        )
+        extra: dict[str, Any] = {
+            "jobName": job_name,
+            "startTime": time_str(state.start_time or backup.status.start_time),
+        }
+        if phase is Phase.RUNNING and policy is not None:
+            progress = self._progress(backup, policy)
+            if progress is not None:
+                extra["progress"] = progress
+                message += f": {progress_text(progress)}"
+        if phase is Phase.RUNNING and backup.status.phase is not Phase.RUNNING:
+            self.deps.events.emit(
+                ref_body(backup), NORMAL, str(Reason.BACKUP_RUNNING), f"Job {job_name} is running"
+            )
+        self._patch(backup, phase, reason, message, extra=extra)
         return self.deps.poll_seconds
+
+    def _progress(self, backup: CitusBackup, policy: CitusBackupPolicy) -> dict[str, Any] | None:
+        """The bucket's view of the run, at most every MIN_INTERVAL seconds per backup
+        (in between, the last one read); None when it cannot be told."""
+        source = self.deps.progress
+        if source is None:
+            return None
+        key = (backup.namespace or "", backup.name)
+        now = self.deps.clock()
+        last = self._progress_read.get(key)
+        if last is not None and (now - last[0]).total_seconds() < MIN_INTERVAL:
+            return last[1]
+        try:
+            found = source.backup(policy, backup)
+        except CitusBackupError as err:
+            logger.debug("progress of %s/%s unknown: %s", *key, err)
+            found = None
+        value = found.to_status() if found is not None else None
+        self._progress_read[key] = (now, value)
+        return value
 
     def _start(self, backup: CitusBackup, policy: CitusBackupPolicy, namespace: str) -> float:
         cluster = self.deps.cluster
@@ -206,6 +243,11 @@ class BackupReconciler:
             }
             total = int(summary.get("totalSize") or sum(databases.values()))
             extra.update(databases=databases, totalSizeBytes=total, totalSize=format_size(total))
+            extra["progress"] = {
+                "databasesDone": len(databases),
+                "databasesTotal": len(databases),
+                "bytes": total,
+            }
             names = ", ".join(sorted(databases)) or "no databases"
             message = f"{where}: {len(databases)} database(s) ({names}), {format_size(total)}"
         else:
@@ -301,6 +343,7 @@ class BackupReconciler:
     ) -> None:
         if backup.status.phase is not None and backup.status.phase.finished:
             return
+        self._progress_read.pop((backup.namespace or "", backup.name), None)
         extra = dict(extra or {})
         extra["completionTime"] = time_str(completed or self.deps.clock())
         self._patch(backup, phase, reason, message, extra=extra, restorable=restorable)

@@ -22,6 +22,7 @@ from citus_backup.api.common import (
 from citus_backup.api.policy import PostgresConnection, StorageSpec
 from citus_backup.errors import PermanentError
 from citus_backup.reconcile.ports import Cluster, DatabaseProbe, EventSink, Kind
+from citus_backup.reconcile.progress import ProgressSource
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ class Deps:
     #: The operator's runner image (a jobTemplate.image overrides it).
     image: str
     probe: DatabaseProbe | None = None
+    #: Where running backups' progress is read (None: not shown).
+    progress: ProgressSource | None = None
     clock: Callable[[], datetime] = utcnow
     #: Seconds until a pending/running object is looked at again.
     poll_seconds: float = DEFAULT_POLL_SECONDS

@@ -260,6 +260,10 @@ class RestoreReconciler:
             )
             return None
         running = result.progress is Progress.RUNNING
+        if running and restore.status.phase is not Phase.RUNNING:
+            self.deps.events.emit(
+                ref_body(restore), NORMAL, str(Reason.RESTORE_RUNNING), f"Job {job_name} is running"
+            )
         self._patch(
             restore,
             Phase.RUNNING if running else Phase.PENDING,

@@ -1,0 +1,72 @@
+"""Progress of a running backup, read from the bucket it is writing (pure part + port).
+
+Why from the bucket: the runner has no Kubernetes credentials (its pod mounts
+no token) and must not get any just to report progress; what it has written
+is in the bucket anyway. ``started.json`` (written first) names the databases
+of the run, a finished database is its ``<db>.dump`` object, and a database
+being dumped is a multipart upload whose parts so far are listable. That is
+two or three S3 requests per database, made only while a backup runs and at
+most once per :data:`MIN_INTERVAL` per backup: the rate is bounded whatever
+the poll interval.
+
+Restores have no such trace (they write into PostgreSQL only), so their
+status shows the phase and, when finished, what was restored and verified.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from citus_backup.api.backup import CitusBackup
+from citus_backup.api.policy import CitusBackupPolicy
+from citus_backup.runner.layout import dump_object_name
+
+#: Fewest seconds between two progress reads of one backup (S3 requests).
+MIN_INTERVAL = 10.0
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    databases_done: int
+    databases_total: int | None
+    bytes_done: int
+
+    def to_status(self) -> dict[str, Any]:
+        status: dict[str, Any] = {"databasesDone": self.databases_done, "bytes": self.bytes_done}
+        if self.databases_total is not None:
+            status["databasesTotal"] = self.databases_total
+        return status
+
+
+def backup_progress(
+    started: Mapping[str, Any] | None,
+    sizes: Mapping[str, int],
+    inflight: Mapping[str, int],
+) -> RunProgress:
+    """From ``started.json``, the set's object sizes (name -> bytes) and the bytes
+    uploaded so far per unfinished database dump (name -> bytes)."""
+    names: Sequence[str] = [str(n) for n in (started or {}).get("databases") or ()]
+    done = [n for n in names if dump_object_name(n) in sizes]
+    finished_bytes = sum(sizes[dump_object_name(n)] for n in done)
+    return RunProgress(
+        databases_done=len(done),
+        databases_total=len(names) if started is not None else None,
+        bytes_done=finished_bytes + sum(inflight.values()),
+    )
+
+
+class ProgressSource(Protocol):
+    """Where the reconciler reads a running backup's progress (None: not known yet)."""
+
+    def backup(self, policy: CitusBackupPolicy, backup: CitusBackup) -> RunProgress | None: ...
+
+
+def started_document(raw: bytes) -> Mapping[str, Any] | None:
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
