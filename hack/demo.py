@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import datetime
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -267,6 +268,9 @@ def story(state: localenv.DemoState, env: dict[str, str]) -> int:
         run([kubectl, "describe", "citusrestore", restore, "-n", NAMESPACE], env, check=False)
         return 1
 
+    verified = verification(env, kubectl, backup, stamp)
+    show_metrics(env, kubectl)
+
     say("Result")
     app1_after = table_digest(state, "app1", "orders")
     app2_after = table_digest(state, "app2", "products")
@@ -278,6 +282,7 @@ def story(state: localenv.DemoState, env: dict[str, str]) -> int:
     )
     for label, before, after, good, bad in checks:
         print(f"   {label + ':':<22}{after} ({good if after == before else bad})")
+    print(f"   {'verification:':<22}{'passed' if verified else 'FAILED'} ({backup} restores)")
     hints = hint_commands()
     HINTS_FILE.write_text("\n".join(command for command, _ in hints) + "\n")
     width = max(len(command) for command, _ in hints)
@@ -286,7 +291,75 @@ def story(state: localenv.DemoState, env: dict[str, str]) -> int:
         print(f"   {command:<{width}}  # {why}")
     print(f"   logs: {state.log_dir}")
     print(f"Stop it all with: make -C {shlex.quote(str(REPO))} demo-down")
-    return 0 if all(before == after for _, before, after, _, _ in checks) else 1
+    return 0 if verified and all(before == after for _, before, after, _, _ in checks) else 1
+
+
+#: The metrics endpoint through the API server's Service proxy (works from any shell
+#: with the demo's kubeconfig; a Prometheus would scrape the same Service).
+METRICS_PATH = (
+    f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/services/citus-backup-operator-metrics:metrics"
+    "/proxy/metrics"
+)
+#: Which metrics the demo prints (all of them are in the README).
+METRICS_SHOWN = (
+    r"^citus_backup_(last_success_timestamp_seconds|last_size_bytes|backups_total"
+    r"|last_verification_success|restorable_backups)"
+)
+#: User SQL checks of the demo's verification (ConfigMap keys <database>.<check>.sql).
+DEMO_CHECKS = {
+    "app1.orders-have-customers.sql": "SELECT count(*) > 0 FROM orders o "
+    "JOIN customers c ON c.id = o.customer_id",
+    "app2.products-not-empty.sql": "SELECT count(*) > 0 FROM products",
+}
+
+
+def show_metrics(env: dict[str, str], kubectl: str) -> None:
+    say("The operator's metrics (Prometheus), through its Service")
+    metrics = run([kubectl, "get", "--raw", METRICS_PATH], env, show=False)
+    print(f"$ kubectl get --raw {METRICS_PATH} | grep -E '{METRICS_SHOWN}'")
+    for line in metrics.splitlines():
+        if re.match(METRICS_SHOWN, line) and f'namespace="{NAMESPACE}"' in line:
+            print(line)
+
+
+def verification(env: dict[str, str], kubectl: str, backup: str, stamp: str) -> bool:
+    """A test restore of ``backup`` into scratch databases, with SQL checks."""
+    say("Verification: does the backup restore? (scratch databases, row counts, SQL checks)")
+    checks = ["--from-literal=" + f"{key}={query}" for key, query in DEMO_CHECKS.items()]
+    run(
+        [kubectl, "delete", "configmap", "demo-checks", "-n", NAMESPACE, "--ignore-not-found"],
+        env,
+        show=False,
+    )
+    run([kubectl, "create", "configmap", "demo-checks", "-n", NAMESPACE, *checks], env)
+    name = f"verify-{stamp}"
+    run(
+        [
+            kubectl,
+            "create",
+            "citusrestore",
+            name,
+            "-n",
+            NAMESPACE,
+            "--backup",
+            backup,
+            "--verify",
+            "--checks-config-map",
+            "demo-checks",
+        ],
+        env,
+    )
+    phase = wait_phase(env, kubectl, "citusrestore", name)
+    run([kubectl, "get", "citusrestore", name, "-n", NAMESPACE], env)
+    condition = "{.status.conditions[?(@.type=='Verified')]}"
+    run(
+        [kubectl, "get", "citusbackup", backup, "-n", NAMESPACE, "-o", f"jsonpath={condition}"],
+        env,
+    )
+    print()
+    if phase != "Succeeded":
+        run([kubectl, "describe", "citusrestore", name, "-n", NAMESPACE], env, check=False)
+    return phase == "Succeeded"
 
 
 # Where ``up`` records the hint commands for hack/demo-check.sh, which runs
@@ -306,6 +379,8 @@ def hint_commands() -> list[tuple[str, str]]:
             "one more on-demand backup",
         ),
         (f"kubectl get citusbackups -n {NAMESPACE} -o wide", "the catalogue"),
+        (f"kubectl get citusrestores -n {NAMESPACE}", "restores and verifications"),
+        (f"kubectl get --raw {METRICS_PATH} | grep ^citus_backup_", "the operator's metrics"),
         (f"mc ls --recursive local/{BUCKET}", "the backup sets in MinIO"),
         ("psql -d app1 -c 'SELECT count(*) FROM orders'", "the restored table"),
     ]

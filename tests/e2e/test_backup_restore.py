@@ -331,6 +331,43 @@ def test_restore_app1_in_place(cluster: Cluster, story: Story) -> None:
         assert oid == story.oids[database], f"{database} was recreated"
 
 
+METRICS_SERVICE = "citus-backup-operator-metrics"
+#: Fetches the metrics from inside the operator's pod through the Service's ClusterIP
+#: (kube-proxy's rules: the in-cluster path a Prometheus would take).
+FETCH = (
+    "import sys, urllib.request; "
+    "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())"
+)
+
+
+def test_metrics_through_the_service(cluster: Cluster, story: Story) -> None:
+    service = get(cluster, "service", METRICS_SERVICE, namespace=OPERATOR_NS)
+    url = f"http://{service['spec']['clusterIP']}:8081/metrics"
+    pod = get(cluster, "pods", namespace=OPERATOR_NS)["items"][0]["metadata"]["name"]
+
+    def scrape() -> str | None:
+        out = cluster.kubectl(
+            "exec", "-n", OPERATOR_NS, pod, "--", "/opt/venv/bin/python", "-c", FETCH, url
+        ).stdout
+        wanted = (
+            f'citus_backup_last_success_timestamp_seconds{{namespace="{NS}",policy="{POLICY}"}}'
+        )
+        return out if wanted in out else None
+
+    text = eventually(scrape, "the metrics through the Service", 60)
+    now_1 = get(cluster, "citusbackup", "now-1")
+    assert f'citus_backup_restorable_backups{{namespace="{NS}",policy="{POLICY}"}}' in text
+    for database in DATABASES:
+        size = now_1["status"]["databases"][database]
+        line = (  # prometheus_client writes labels sorted by name
+            f'citus_backup_last_database_size_bytes{{database="{database}",namespace="{NS}",'
+            f'policy="{POLICY}"}}'
+        )
+        assert line in text
+        assert size > 0
+    assert "process_resident_memory_bytes" in text
+
+
 def _rules(cluster: Cluster) -> dict[str, Any]:
     config = cluster.s3().get_bucket_lifecycle(BUCKET)
     return {} if config is None else {r.rule_id: r for r in config.rules}

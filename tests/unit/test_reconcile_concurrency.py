@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -90,3 +91,38 @@ def test_a_tie_is_broken_by_kind_and_name() -> None:
 def test_nothing_to_wait_for() -> None:
     me = act("CitusRestore", "r", databases={"app1"})
     assert blocker(me, [me, act("CitusRestore", "s", databases={"app2"}, holding=True)]) is None
+
+
+def test_a_verification_waits_for_a_backup_of_its_policy_and_for_a_twin_only() -> None:
+    """A verification touches its scratch databases only (restore_activity)."""
+    from citus_backup.api.backup import CitusBackup  # noqa: PLC0415
+    from citus_backup.api.restore import CitusRestore  # noqa: PLC0415
+    from citus_backup.reconcile.concurrency import restore_activity  # noqa: PLC0415
+
+    backup = CitusBackup.model_validate(
+        {
+            "metadata": {"name": "b1", "namespace": "ns"},
+            "spec": {"policyName": "p"},
+            "status": {"phase": "Succeeded", "databases": {"app1": 1, "app2": 2}},
+        }
+    )
+
+    def verify(name: str) -> Activity:
+        restore = CitusRestore.model_validate(
+            {
+                "metadata": {"name": name, "namespace": "ns", "creationTimestamp": T.isoformat()},
+                "spec": {"backupName": "b1", "verify": True},
+            }
+        )
+        # The policy is resolved from the backup in activities(); here by hand.
+        return dataclasses.replace(
+            restore_activity(restore, None, backup), policy="p", server=SERVER
+        )
+
+    v1, v2 = verify("v1"), verify("v2")
+    assert v1.databases is not None
+    assert all(db.startswith("citus_backup_verify_") for db in v1.databases)
+    assert conflicts(v1, act("CitusBackup", "next", policy="p"))  # the same policy's backup
+    assert conflicts(v1, v2)  # the same scratch databases
+    real = act("CitusRestore", "r", policy="q", databases={"app1"})
+    assert not conflicts(v1, real)  # never a real database's restore

@@ -197,6 +197,13 @@ KIND_INFO = KindInfo(
             "False once the backup's data expired from the bucket.",
             1,  # -o wide: the default columns stay as they are
         ),
+        PrinterColumn(
+            "Verified",
+            '.status.conditions[?(@.type=="Verified")].status',
+            "string",
+            "Result of the newest verification (a test restore); empty: never verified.",
+            1,
+        ),
         AGE_COLUMN,
         PrinterColumn("Tiers", ".status.tiers", "string", "Tiers the backup is stored in.", 1),
         PrinterColumn("Backup ID", ".status.backupId", "string", "Identifier in the bucket.", 1),
