@@ -312,7 +312,7 @@ KIND_INFO = KindInfo(
         PrinterColumn("Phase", ".status.phase", "string", "Pending, Running, Succeeded, Failed."),
         AGE_COLUMN,
         PrinterColumn("Target", ".spec.targetDatabase", "string", "Database restored into.", 1),
-        PrinterColumn("Verify", ".spec.verify", "boolean", "A verification (scratch databases).", 1),
+        PrinterColumn("Verify", ".spec.verify", "boolean", "A verification (scratch databases)", 1),
     ),
     spec_transition_validations=(cel("self == oldSelf", SPEC_IMMUTABLE_MESSAGE),),
 )
