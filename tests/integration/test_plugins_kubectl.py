@@ -101,7 +101,9 @@ def test_create_restore_then_already_exists(
         "databases": ["app1"],
         "tables": ["public.orders"],
         "replace": True,
-        "keepOld": False,  # the CRD's default, filled in by the API server
+        # The CRD's defaults, filled in by the API server:
+        "keepOld": False,
+        "verify": False,
     }
     error = one_line_error(kubectl(kube, args))
     assert (
