@@ -446,3 +446,47 @@ def test_a_row_count_mismatch_fails_before_the_swap(
     assert result.summary["reason"] == "VerificationFailed"
     assert '"public"."notes" has 50 rows, the backup recorded 51' in result.summary["error"]
     assert fingerprint(apps, "app1") == before
+
+
+def test_verification_rebuilds_on_scratch_databases_and_drops_them_everywhere(
+    apps: CitusCluster, citus_runner: Runner, tmp_path: Any
+) -> None:
+    """``restore --verify`` on Citus: the scratch copies are distributed over the
+    workers (the distribution is checked like a restore's), the checks run
+    there, and afterwards no scratch database is left on any node; the real
+    databases keep their OID, data and shards."""
+    from citus_backup.runner.verify import SCRATCH_PREFIX  # noqa: PLC0415
+
+    before = {db: fingerprint(apps, db) for db in APPS}
+    shards_before = shard_tables(apps, "app1")
+    backup_id = backup(citus_runner)
+    checks = tmp_path / "checks"
+    checks.mkdir()
+    # Runs in the scratch copy of app1: a distributed join through its own workers.
+    (checks / "app1.orders-join.sql").write_text(
+        "SELECT count(*) = 3000 FROM orders o JOIN customers c ON c.id = o.customer_id"
+    )
+    (checks / "app1.distributed.sql").write_text(
+        "SELECT count(*) = 3 FROM citus_tables WHERE citus_table_type = 'distributed'"
+    )
+    # A leftover of a killed verification, on a worker only.
+    leftover = SCRATCH_PREFIX + "00000000_left"
+    with psycopg.connect(apps.worker_infos[0].dsn(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(leftover)))
+
+    result = restore(citus_runner, backup_id, "--verify", "--checks-dir", str(checks))
+
+    assert result.code == 0, result.stderr[-3000:]
+    summary = result.summary
+    assert set(APPS) <= set(summary["verified"])  # and the maintenance database
+    assert "distribution of 6 Citus table(s)" in summary["verified"]["app1"]
+    assert {db: summary["citus"][db]["mode"] for db in APPS} == dict.fromkeys(APPS, "distributed")
+    assert summary["verification"]["app1"]["checks"] == ["distributed", "orders-join"]
+    for node in apps.nodes:
+        names = apps.databases(node)
+        assert not [n for n in names if n.startswith((SCRATCH_PREFIX, "citus_backup_tmp_"))], (
+            node,
+            names,
+        )
+    assert {db: fingerprint(apps, db) for db in APPS} == before
+    assert shard_tables(apps, "app1") == shards_before

@@ -1121,22 +1121,27 @@ class _Restore:
         self.summary.extra.pop("citusUnavailable", None)
 
     def _drop_leftover_scratch(self, plan: list[tuple[DatabaseEntry, str]]) -> None:
-        """Scratch databases a killed verification left (reserved prefix only)."""
+        """Scratch databases a killed verification left (the reserved prefix only),
+        on the coordinator and on every worker the plan restores onto."""
         with self.pg.session(self.pg_config.maintenance_db) as conn:
-            existing = pg.all_database_names(conn)
-            for name in sorted(n for n in existing if verify_mod.is_scratch(n)):
+            for name in sorted(n for n in pg.all_database_names(conn) if verify_mod.is_scratch(n)):
                 log.info("dropping scratch database %s left by an earlier verification", name)
                 pg.drop_database(conn, name, self.version_num)
-            plans = [(self.plan_database(conn, entry, scratch), scratch) for entry, scratch in plan]
-        for db_plan, scratch in plans:
-            if not db_plan.cluster.workers:
+            clusters = {
+                tuple(n.label for n in p.cluster.nodes): p.cluster
+                for p in (self.plan_database(conn, entry, scratch) for entry, scratch in plan)
+            }
+        for cluster in clusters.values():
+            if not cluster.workers:
                 continue
-            with Sessions(db_plan.cluster, _always(self._maintenance(scratch))) as sessions:
-                for node in db_plan.cluster.workers:
+            with Sessions(cluster, _always(self.pg_config.maintenance_db)) as sessions:
+                for node in cluster.workers:
                     conn = sessions.get(node)
-                    if scratch in pg.all_database_names(conn):
-                        log.info("%s: dropping leftover scratch database %s", node.label, scratch)
-                        pg.drop_database(conn, scratch, self.version_num)
+                    for name in sorted(
+                        n for n in pg.all_database_names(conn) if verify_mod.is_scratch(n)
+                    ):
+                        log.info("%s: dropping leftover scratch database %s", node.label, name)
+                        pg.drop_database(conn, name, self.version_num)
 
     def _run_checks(self, entry: DatabaseEntry, scratch: str) -> list[str]:
         """The user's checks of ``entry`` in its scratch copy; PermanentError(CheckFailed)."""
