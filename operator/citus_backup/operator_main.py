@@ -1,10 +1,20 @@
 """``citus-backup operator``: run the kopf operator.
 
 Scope: ``--all-namespaces`` (the shipped Deployment) or one or more
-``--namespace``. ``--standalone`` skips kopf's peering (the Deployment runs
-one replica with the Recreate strategy, so two operators never overlap; even
-if they did, deterministic names and create-or-ignore-409 keep runs and Jobs
-unique). ``--liveness`` serves kopf's health endpoint for the liveness probe;
+``--namespace``.
+
+Replicas: ``--peering NAME`` (the Deployment) uses kopf's peering as leader
+election. Each process records itself in the peering object
+``ClusterKopfPeering NAME`` (``KopfPeering`` in namespaced mode; created here
+if missing) with a random priority; kopf pauses every process that sees a
+live peer with a higher priority, so exactly one works while a rolling
+update overlaps two pods, or with ``replicas: 2``. A SIGKILLed leader's
+record stops being refreshed; after ``--peering-lifetime`` seconds the other
+process resumes (kopf re-evaluates at the record's deadline) and adopts what
+was running: Jobs are found by their deterministic names. ``--standalone``
+skips peering (the tests' single processes). Why random priorities: kopf
+pauses *every* process when two have the same priority, which is the
+opposite of an election. ``--liveness`` serves kopf's health endpoint for the liveness probe;
 ``--metrics-port`` the Prometheus metrics (:mod:`citus_backup.metrics`) on a
 port of their own.
 
@@ -24,6 +34,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
 import socket
 from typing import Any
 
@@ -39,6 +50,13 @@ FINALIZER = f"{KOPF_PREFIX}/operator"
 INSTANT_EXIT_SECONDS = 1.0
 #: Seconds between kopf's later checks that a deleted object's timer ended (kopf: 60).
 CANCELLATION_POLL_SECONDS = 2.0
+#: Seconds after which a peer that stopped refreshing its record counts as gone:
+#: how long a standby waits after the leader's node died (kopf: 60). kopf
+#: refreshes its own record well within it.
+DEFAULT_PEERING_LIFETIME = 30
+#: Peering priorities are drawn from [1, this]: two replicas colliding is a
+#: one-in-two-billion event (and then both pause and log it, see kopf).
+MAX_PRIORITY = 2**31 - 1
 
 
 def register(subparsers: Any) -> None:
@@ -57,8 +75,23 @@ def register(subparsers: Any) -> None:
         help="serve this namespace (repeatable; kopf glob patterns allowed)",
     )
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="serve every namespace")
-    parser.add_argument(
+    peering = parser.add_mutually_exclusive_group()
+    peering.add_argument(
         "--standalone", action="store_true", help="no peering with other operator instances"
+    )
+    peering.add_argument(
+        "--peering",
+        metavar="NAME",
+        help="leader election among replicas through kopf's peering object NAME "
+        "(created if missing)",
+    )
+    parser.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=DEFAULT_PEERING_LIFETIME,
+        metavar="SECONDS",
+        help="seconds after which a silent peer counts as gone "
+        f"(default {DEFAULT_PEERING_LIFETIME})",
     )
     parser.add_argument(
         "--liveness",
@@ -101,7 +134,7 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def configure(settings: Any, *, verbose: bool) -> None:
+def configure(settings: Any, *, verbose: bool, peering_lifetime: int | None = None) -> None:
     """kopf settings: our prefix for its bookkeeping, quiet Events, no status.kopf."""
     import kopf  # noqa: PLC0415
 
@@ -121,6 +154,8 @@ def configure(settings: Any, *, verbose: bool) -> None:
     # deletion met a tick. Our ticks are a few API calls (well under a second).
     settings.background.instant_exit_timeout = INSTANT_EXIT_SECONDS
     settings.background.cancellation_polling = CANCELLATION_POLL_SECONDS
+    if peering_lifetime is not None:
+        settings.peering.lifetime = peering_lifetime
     if verbose:
         settings.posting.level = logging.INFO
     else:
@@ -138,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
     from kopf._core.engines.peering import Identity  # noqa: PLC0415 - typed, not re-exported
 
     from citus_backup.clients.events import KopfEvents  # noqa: PLC0415
-    from citus_backup.clients.kube import KubeCluster, api_client  # noqa: PLC0415
+    from citus_backup.clients.kube import KubeCluster, api_client, ensure_peering  # noqa: PLC0415
     from citus_backup.clients.postgres import PsycopgProbe  # noqa: PLC0415
     from citus_backup.clients.progress import BucketProgress  # noqa: PLC0415
     from citus_backup.controllers import register as register_handlers  # noqa: PLC0415
@@ -148,8 +183,9 @@ def run(args: argparse.Namespace) -> int:
     from citus_backup.metrics.exporter import Metrics, serve  # noqa: PLC0415
     from citus_backup.reconcile.common import Deps  # noqa: PLC0415
 
+    kube = api_client()
     deps = Deps(
-        cluster=KubeCluster(api_client()),
+        cluster=KubeCluster(kube),
         events=KopfEvents(),
         image=args.image,
         probe=PsycopgProbe(),
@@ -167,13 +203,20 @@ def run(args: argparse.Namespace) -> int:
 
     @kopf.on.startup(registry=registry)
     def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-        configure(settings, verbose=args.verbose)
+        configure(settings, verbose=args.verbose, peering_lifetime=args.peering_lifetime)
 
     @kopf.on.login(registry=registry)
     def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         # Same source as the kubernetes client above: KUBECONFIG, else in-cluster.
         return kopf.login_via_client(**kwargs)
 
+    priority = None
+    if args.peering:
+        ensure_peering(kube, args.peering, args.namespaces)
+        priority = secrets.SystemRandom().randint(1, MAX_PRIORITY)
+        logging.getLogger(__name__).info(
+            "peering %s with priority %d (the highest live priority works)", args.peering, priority
+        )
     kopf.configure(verbose=args.verbose)
     kopf.run(
         registry=registry,
@@ -181,7 +224,9 @@ def run(args: argparse.Namespace) -> int:
         # UID has no passwd entry (any runAsUser an admin picks); the pod's
         # hostname (its name) is what peering needs anyway.
         identity=Identity(operator_identity()),
-        standalone=args.standalone,
+        standalone=args.standalone or not args.peering,
+        peering_name=args.peering,
+        priority=priority,
         clusterwide=bool(args.all_namespaces),
         namespaces=args.namespaces or (),
         liveness_endpoint=args.liveness,

@@ -53,6 +53,7 @@ def kubectl(kube: KubeInfo, *args: str) -> str:
 def install_operator_manifests(kube: KubeInfo, kubeconfig: Path) -> Path:
     """Apply CRDs, namespace and RBAC from manifests/; mint the operator's kubeconfig."""
     kubectl(kube, "apply", "--server-side", "--force-conflicts", "-f", str(MANIFESTS / "crds"))
+    kubectl(kube, "apply", "--server-side", "-f", str(MANIFESTS / "peering.yaml"))
     kubectl(
         kube,
         "wait",
@@ -61,6 +62,7 @@ def install_operator_manifests(kube: KubeInfo, kubeconfig: Path) -> Path:
         "crd/citusbackuppolicies.citusbackup.io",
         "crd/citusbackups.citusbackup.io",
         "crd/citusrestores.citusbackup.io",
+        "crd/clusterkopfpeerings.kopf.dev",
     )
     kubectl(kube, "apply", "-f", str(MANIFESTS / "namespace.yaml"))
     kubectl(kube, "apply", "-f", str(MANIFESTS / "rbac.yaml"))
@@ -84,6 +86,8 @@ class OperatorProcess:
     starts: int = 0
     #: Port of the operator's Prometheus endpoint (on 127.0.0.1).
     metrics_port: int = field(default_factory=free_port)
+    #: Instead of --standalone: e.g. ["--peering=NAME", "--peering-lifetime=8"].
+    peering: list[str] = field(default_factory=list)
 
     @property
     def metrics_url(self) -> str:
@@ -109,7 +113,7 @@ class OperatorProcess:
                     "citus_backup.cli",
                     "operator",
                     "--all-namespaces",
-                    "--standalone",
+                    *(self.peering or ["--standalone"]),
                     "--schedule-interval",
                     SCHEDULE_INTERVAL,
                     "--poll-interval",

@@ -261,13 +261,18 @@ def test_deployment_is_restricted_and_probed() -> None:
     (deployment,) = load_all(MANIFESTS / "deployment.yaml")
     spec = deployment["spec"]
     assert spec["replicas"] == 1
-    assert spec["strategy"]["type"] == "Recreate"
+    # Rolling updates overlap two pods: peering lets one of them work.
+    assert spec["strategy"]["type"] == "RollingUpdate"
     pod_spec = spec["template"]["spec"]
     assert pod_spec["securityContext"]["runAsNonRoot"] is True
     assert pod_spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
     (container,) = pod_spec["containers"]
     assert container["image"] == "citus-backup-operator:dev"
-    assert container["args"][:3] == ["operator", "--all-namespaces", "--standalone"]
+    assert container["args"][:3] == [
+        "operator",
+        "--all-namespaces",
+        "--peering=citus-backup-operator",
+    ]
     liveness = next(a for a in container["args"] if a.startswith("--liveness="))
     assert liveness.endswith(":8080" + container["livenessProbe"]["httpGet"]["path"])
     security = container["securityContext"]

@@ -291,3 +291,36 @@ def api_client() -> ApiClient:
         return client
     config.load_incluster_config()  # type: ignore[no-untyped-call]
     return ApiClient()
+
+
+#: kopf's peering resources (manifests/peering.yaml).
+PEERING_GROUP, PEERING_VERSION = "kopf.dev", "v1"
+
+
+def ensure_peering(client: ApiClient, name: str, namespaces: Sequence[str] | None) -> None:
+    """Create kopf's peering object ``name`` if it is missing (create-or-ignore-409):
+    ``ClusterKopfPeering`` for a cluster-wide operator, else a ``KopfPeering`` in each
+    namespace named literally (glob patterns are left to the administrator)."""
+    custom = CustomObjectsApi(client)
+    body = {"apiVersion": f"{PEERING_GROUP}/{PEERING_VERSION}", "metadata": {"name": name}}
+    try:
+        if not namespaces:
+            with _errors(f"create clusterkopfpeering {name}"):
+                custom.create_cluster_custom_object(
+                    PEERING_GROUP, PEERING_VERSION, "clusterkopfpeerings",
+                    {**body, "kind": "ClusterKopfPeering"}, _request_timeout=REQUEST_TIMEOUT,
+                )  # fmt: skip
+            return
+    except AlreadyExistsError:
+        return
+    for namespace in namespaces:
+        if any(c in namespace for c in "*?[]!"):
+            continue
+        try:
+            with _errors(f"create kopfpeering {namespace}/{name}"):
+                custom.create_namespaced_custom_object(
+                    PEERING_GROUP, PEERING_VERSION, namespace, "kopfpeerings",
+                    {**body, "kind": "KopfPeering"}, _request_timeout=REQUEST_TIMEOUT,
+                )  # fmt: skip
+        except AlreadyExistsError:
+            continue
