@@ -119,9 +119,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--schedule-interval",
         type=float,
-        default=10.0,
+        default=300.0,
         metavar="SECONDS",
-        help="seconds between scheduler ticks of a policy (default 10)",
+        help="longest sleep of a policy's scheduler between two looks; runs start at their "
+        "fire time regardless (default 300)",
     )
     parser.add_argument(
         "--poll-interval",

@@ -65,18 +65,59 @@ def test_cli_scope_is_required_and_exclusive(capsys: pytest.CaptureFixture[str])
     capsys.readouterr()
 
 
-def test_handlers_are_timers_and_backup_timers_stop_when_finished() -> None:
+def test_policies_have_a_daemon_and_backup_timers_stop_when_finished() -> None:
     registry = kopf.OperatorRegistry()
     register(registry, world().deps, schedule_interval=7)
     handlers = list(registry._spawning.get_all_handlers())
     assert sorted(str(h.id) for h in handlers) == ["backup", "restore", "schedule"]
-    intervals = {str(h.id): h.interval for h in handlers}
-    assert intervals == {"schedule": 7, "backup": 5.0, "restore": 5.0}
+    intervals = {str(h.id): getattr(h, "interval", None) for h in handlers}
+    assert intervals == {"schedule": None, "backup": 5.0, "restore": 5.0}  # a daemon: no tick
+    watching = sorted(str(h.id) for h in registry._watching.get_all_handlers())
+    assert "schedule-wake" in watching
     assert registry._changing.get_all_handlers() == []  # no change handlers, no diffbase
     assert unfinished(status={})
     assert unfinished(status={"phase": "Running"})
     assert not unfinished(status={"phase": "Succeeded"})
     assert not unfinished(status={"phase": "Failed"})
+
+
+def test_a_policy_daemon_sleeps_until_due_woken_or_stopped() -> None:
+    import asyncio  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from citus_backup.controllers import _sleep, _wake_event  # noqa: PLC0415
+
+    class Stopped:
+        def __init__(self) -> None:
+            self.flag = asyncio.Event()
+
+        async def wait(self) -> None:
+            await self.flag.wait()
+
+    async def scenario() -> list[float]:
+        memo = kopf.Memo()
+        wake = _wake_event(memo)
+        assert _wake_event(memo) is wake  # one per object
+        stopped = Stopped()
+        took = []
+        start = time.monotonic()
+        await _sleep(0.05, wake, stopped)  # type: ignore[arg-type]
+        took.append(time.monotonic() - start)
+        asyncio.get_running_loop().call_later(0.02, wake.set)
+        start = time.monotonic()
+        await _sleep(30, wake, stopped)  # type: ignore[arg-type]
+        took.append(time.monotonic() - start)
+        wake.clear()
+        asyncio.get_running_loop().call_later(0.02, stopped.flag.set)
+        start = time.monotonic()
+        await _sleep(30, wake, stopped)  # type: ignore[arg-type]
+        took.append(time.monotonic() - start)
+        return took
+
+    timeout, woken, stopped = asyncio.run(scenario())
+    assert 0.04 < timeout < 5
+    assert woken < 5
+    assert stopped < 5
 
 
 def test_kopf_bookkeeping_uses_the_project_prefix() -> None:

@@ -315,3 +315,15 @@ def test_after_a_conflict_our_fields_are_reapplied_over_the_other_owners_conditi
     types = [c["type"] for c in w.cluster.status(Kind.POLICY, "main")["conditions"]]
     assert sorted(types) == ["LastBackupSucceeded", "LifecycleInSync", "Ready"]
     assert w.cluster.status(Kind.POLICY, "main")["nextScheduleTime"] == "2026-11-27T03:00:00Z"
+
+
+def test_a_look_says_how_long_to_sleep_until_the_next_fire_time(w: World) -> None:
+    w.cluster.add(Kind.POLICY, policy())  # 0 3 * * * UTC; now 02:00
+    assert PolicyReconciler(w.deps).reconcile("main", "ns") == 3600.0
+    w.clock.advance(seconds=3600)  # 03:00: the run starts, the next one is tomorrow
+    assert PolicyReconciler(w.deps).reconcile("main", "ns") == 86400.0
+    assert backups(w) == ["main-202611270300"]
+    # A verification schedule due earlier wakes the daemon earlier.
+    w.cluster.add(Kind.POLICY, policy("v", verification={"schedule": "30 3 * * *"}))
+    assert PolicyReconciler(w.deps).reconcile("v", "ns") == 1800.0
+    assert PolicyReconciler(w.deps).reconcile("gone", "ns") is None

@@ -67,7 +67,7 @@ from citus_backup.reconcile.common import (
 from citus_backup.reconcile.ports import Kind
 from citus_backup.specs.names import label_value, scheduled_backup_name
 from citus_backup.specs.retention import tiers_for_run
-from citus_backup.specs.schedule import ScheduleDecision, decide
+from citus_backup.specs.schedule import ScheduleDecision, decide, next_fire_time
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,8 @@ TRIGGER_SCHEDULED = "scheduled"
 #: Condition types the scheduler owns; others (LifecycleInSync) belong to the
 #: retention controller and are never written from here.
 SCHEDULER_CONDITIONS = frozenset({ConditionType.READY, ConditionType.LAST_BACKUP_SUCCEEDED})
+#: Seconds until a policy that is not Ready (missing Secret, ...) is looked at again.
+NOT_READY_RECHECK_SECONDS = 10.0
 #: Re-reads of a policy whose status patch lost a race before giving up for this tick.
 STATUS_ATTEMPTS = 3
 
@@ -292,17 +294,19 @@ class PolicyReconciler:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
 
-    def reconcile(self, name: str, namespace: str) -> None:
+    def reconcile(self, name: str, namespace: str) -> float | None:
+        """One look at the policy; the seconds until the next one is due (the next
+        fire time of its schedule or verification schedule), None if it is gone."""
         with self.deps.locked("CitusBackupPolicy", namespace, name):
             body = self.deps.cluster.get(Kind.POLICY, namespace, name)
             if body is None or body.get("metadata", {}).get("deletionTimestamp"):
-                return
+                return None
             try:
                 policy = parse(CitusBackupPolicy, body)
             except PermanentError as err:
                 self._not_ready(body, err)
-                return
-            self._reconcile(policy)
+                return None
+            return self._reconcile(policy)
 
     def _not_ready(self, body: dict[str, Any], err: PermanentError) -> None:
         """A policy the models reject (e.g. an unknown time zone) gets Ready=False."""
@@ -335,7 +339,7 @@ class PolicyReconciler:
         )
         self.deps.events.emit(body, WARNING, str(Reason.INVALID_SPEC), err.message)
 
-    def _reconcile(self, policy: CitusBackupPolicy) -> None:
+    def _reconcile(self, policy: CitusBackupPolicy) -> float:
         deps = self.deps
         namespace = policy.namespace or ""
         spec = policy.spec
@@ -385,6 +389,14 @@ class PolicyReconciler:
             patch_policy_status(
                 deps, namespace, policy.name, policy.metadata.resource_version, fields
             )
+        due = [decision.next_run]
+        verification_spec = spec.verification
+        if verification_spec is not None and verification_spec.schedule is not None:
+            due.append(next_fire_time(verification_spec.schedule, spec.time_zone, now))
+        delay = max(0.0, (min(due) - now).total_seconds())
+        # A missing Secret or an unreachable bucket is fixed outside the policy
+        # (no event about it wakes us): look again soon.
+        return delay if ready else min(delay, NOT_READY_RECHECK_SECONDS)
 
     def _verify_by_schedule(
         self,
