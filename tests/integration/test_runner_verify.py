@@ -222,3 +222,46 @@ def test_sigterm_mid_verification_drops_the_scratch_database(
     assert proc.returncode == 1, err
     assert scratch(postgres) == []
     assert state(postgres) == before
+
+
+def test_a_restore_advertises_its_progress_to_the_operators_probe(
+    runner: Runner, postgres: PostgresInfo
+) -> None:
+    """The beacon (runner.beacon) read by the operator's real probe (clients.postgres)."""
+    from citus_backup.api.policy import PostgresConnection  # noqa: PLC0415
+    from citus_backup.clients.postgres import PsycopgProbe  # noqa: PLC0415
+    from citus_backup.runner.beacon import PREFIX, parse_beacon  # noqa: PLC0415
+
+    tag = "0123456789ab"
+    connection = PostgresConnection.model_validate(
+        {
+            "host": postgres.host,
+            "port": postgres.port,
+            "user": postgres.user,
+            "passwordSecretRef": {"name": "unused", "key": "unused"},
+            "sslMode": "disable",
+        }
+    )
+    probe = PsycopgProbe()
+    proc = runner.popen(
+        *["restore", "--progress-interval=0.2", "--backup-id", BACKUP_ID, "--progress-tag", tag],
+        *["--database", APP1, "--target-database", "rv_progress"],
+        CITUS_BACKUP_PAUSE_AT="verified",  # restored and checked, not yet named: one done
+        CITUS_BACKUP_PAUSE_SECONDS="10",
+    )
+    try:
+
+        def beacon() -> tuple[int, int, int] | None:
+            names = probe.application_names(connection, postgres.password, f"{PREFIX}{tag}:")
+            found = [p for p in (parse_beacon(n, tag) for n in names) if p]
+            return found[0] if found and found[0][0] == 1 else None
+
+        done, total, size = eventually(beacon, "the restore's beacon", timeout=60)
+        assert (done, total) == (1, 1)
+        assert size > 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    # SIGTERM before the swap: nothing was created.
+    assert "rv_progress" not in database_names(postgres)
+    assert scratch(postgres) == []

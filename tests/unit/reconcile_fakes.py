@@ -193,6 +193,8 @@ class FakeProbe:
     existing: set[str] = field(default_factory=set)
     error: Exception | None = None
     calls: list[tuple[str, str, tuple[str, ...]]] = field(default_factory=list)
+    #: application_name of the server's sessions (progress beacons).
+    sessions: list[str] = field(default_factory=list)
 
     def existing_databases(
         self, connection: PostgresConnection, password: str, names: Sequence[str]
@@ -201,6 +203,11 @@ class FakeProbe:
         if self.error is not None:
             raise self.error
         return self.existing & set(names)
+
+    def application_names(
+        self, connection: PostgresConnection, password: str, prefix: str
+    ) -> list[str]:
+        return [name for name in self.sessions if name.startswith(prefix)]
 
 
 @dataclass

@@ -67,3 +67,56 @@ def test_a_running_backup_shows_progress_read_at_a_bounded_rate() -> None:
     reconciler.reconcile("b1", "ns")
     status = w.cluster.status(Kind.BACKUP, "b1")
     assert status["progress"] == {"databasesDone": 2, "databasesTotal": 2, "bytes": 30}
+
+
+def test_the_beacon_name_round_trips_and_fits_postgres_limit() -> None:
+    from citus_backup.runner.beacon import beacon_name, parse_beacon  # noqa: PLC0415
+    from citus_backup.specs.names import progress_tag  # noqa: PLC0415
+
+    tag = progress_tag("ns", "r" * 253)
+    name = beacon_name(tag, 2, 3, 123456789012)
+    assert len(name) <= 63
+    assert parse_beacon(name, tag) == (2, 3, 123456789012)
+    assert parse_beacon(name, progress_tag("ns", "other")) is None
+    assert parse_beacon("psql", tag) is None
+
+
+def test_a_running_restore_shows_the_runners_beacon() -> None:
+    from citus_backup.reconcile.restore import RestoreReconciler  # noqa: PLC0415
+    from citus_backup.runner.beacon import beacon_name  # noqa: PLC0415
+    from citus_backup.specs.names import progress_tag  # noqa: PLC0415
+    from reconcile_fakes import restore  # noqa: PLC0415
+
+    w = world()
+    w.cluster.add_secrets()
+    w.cluster.add(Kind.POLICY, policy())
+    w.cluster.add(Kind.BACKUP, backup("b1"))
+    w.cluster.obj(Kind.BACKUP, "b1")["status"] = {
+        "phase": "Succeeded",
+        "backupId": "id-b1",
+        "completionTime": "2026-11-27T01:00:00Z",
+        "databases": {"app1": 10, "app2": 20},
+    }
+    w.cluster.add(Kind.RESTORE, restore("r", backupName="b1", replace=True))
+    reconciler = RestoreReconciler(w.deps)
+    reconciler.reconcile("r", "ns")
+    args = w.cluster.jobs[("ns", "r-restore")]["spec"]["template"]["spec"]["containers"][0]["args"]
+    tag = progress_tag("ns", "r")
+    assert args[args.index("--progress-tag") + 1] == tag
+    w.probe.sessions = ["psql", beacon_name(progress_tag("ns", "x"), 9, 9, 9)]
+    w.cluster.set_job("r-restore", running=True)
+    reconciler.reconcile("r", "ns")
+    assert "progress" not in w.cluster.status(Kind.RESTORE, "r")  # no beacon of ours yet
+    w.probe.sessions.append(beacon_name(tag, 1, 2, 4096))
+    w.clock.advance(seconds=11)
+    reconciler.reconcile("r", "ns")
+    status = w.cluster.status(Kind.RESTORE, "r")
+    assert status["progress"] == {"databasesDone": 1, "databasesTotal": 2, "bytes": 4096}
+    assert "1/2 databases restored, 4.0 KiB read" in status["message"]
+    w.cluster.finish_job(
+        "r-restore", {"status": "succeeded", "databases": {"app1": 10, "app2": 20}}
+    )
+    reconciler.reconcile("r", "ns")
+    status = w.cluster.status(Kind.RESTORE, "r")
+    assert status["progress"] == {"databasesDone": 2, "databasesTotal": 2, "bytes": 4096}
+    assert w.events.reasons("r").count("RestoreRunning") == 1

@@ -97,13 +97,18 @@ class BackupLocation(StatusModel):
 
 
 class BackupProgress(StatusModel):
-    """How far a running backup is (read from the bucket; see the operator's docs)."""
+    """How far a running backup (read from the bucket) or restore (read from the runner's
+    session on the target server) is."""
 
-    databases_done: NonNegativeInt = Field(description="Databases whose dump is stored.")
+    databases_done: NonNegativeInt = Field(
+        description="Databases whose dump is stored (backup) or that are restored (restore)."
+    )
     databases_total: NonNegativeInt | None = Field(
         None, description="Databases of the run (from its started.json)."
     )
-    bytes: NonNegativeInt = Field(0, description="Bytes stored so far (compressed dumps).")
+    bytes: NonNegativeInt = Field(
+        0, description="Bytes stored (backup) or read from the bucket (restore) so far."
+    )
 
 
 class CitusBackupStatus(StatusModel):

@@ -32,6 +32,7 @@ from typing import Annotated, Final, Literal
 
 from pydantic import AwareDatetime, ConfigDict, Field, field_validator, model_validator
 
+from citus_backup.api.backup import BackupProgress
 from citus_backup.api.common import (
     AGE_COLUMN,
     API_VERSION,
@@ -260,6 +261,11 @@ class CitusRestoreStatus(StatusModel):
     )
     backup_id: str | None = Field(None, description="Identifier of that backup in the bucket.")
     job_name: str | None = Field(None, description="Name of the restore Job.")
+    progress: BackupProgress | None = Field(
+        None,
+        description="Databases restored/total and bytes read so far, updated while the "
+        "restore runs (at most every 10 s; from the runner's session on the target server).",
+    )
     restored_databases: tuple[str, ...] = Field(
         (), description="Databases restored (target names)."
     )

@@ -108,3 +108,8 @@ class DatabaseProbe(Protocol):
         self, connection: PostgresConnection, password: str, names: Sequence[str]
     ) -> set[str]:
         """Which of ``names`` exist; TransientError when the server cannot be asked."""
+
+    def application_names(
+        self, connection: PostgresConnection, password: str, prefix: str
+    ) -> list[str]:
+        """``application_name`` of the server's sessions that start with ``prefix``."""

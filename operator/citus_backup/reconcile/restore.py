@@ -26,11 +26,11 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from citus_backup.api.backup import CitusBackup
+from citus_backup.api.backup import CitusBackup, format_size
 from citus_backup.api.common import ConditionType, Phase, Reason, make_condition, set_condition
-from citus_backup.api.policy import CitusBackupPolicy
+from citus_backup.api.policy import CitusBackupPolicy, PostgresConnection
 from citus_backup.api.restore import CitusRestore
-from citus_backup.errors import PermanentError, TransientError
+from citus_backup.errors import CitusBackupError, PermanentError, TransientError
 from citus_backup.reconcile import concurrency, verification
 from citus_backup.reconcile.common import (
     NORMAL,
@@ -45,10 +45,13 @@ from citus_backup.reconcile.common import (
     time_str,
 )
 from citus_backup.reconcile.jobs import DEADLINE_EXCEEDED, Progress, outcome
-from citus_backup.reconcile.ports import Kind
+from citus_backup.reconcile.ports import JobState, Kind
+from citus_backup.reconcile.progress import MIN_INTERVAL
+from citus_backup.runner.beacon import PREFIX as BEACON_PREFIX
+from citus_backup.runner.beacon import parse_beacon
 from citus_backup.runner.verify import scratch_name
 from citus_backup.specs.jobs import build_restore_job
-from citus_backup.specs.names import restore_job_name
+from citus_backup.specs.names import progress_tag, restore_job_name
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +136,8 @@ class RestoreReconciler:
 
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
+        #: (namespace, name) -> (when, progress) of the last beacon read.
+        self._progress_read: dict[tuple[str, str], tuple[datetime, dict[str, Any] | None]] = {}
 
     def reconcile(self, name: str, namespace: str) -> float | None:
         with self.deps.locked("CitusRestore", namespace, name):
@@ -259,19 +264,79 @@ class RestoreReconciler:
                 verified_reason=verification.verified_reason(runner_reason, ok=False),
             )
             return None
-        running = result.progress is Progress.RUNNING
+        return self._running(
+            restore, namespace, job_name, state, running=result.progress is Progress.RUNNING
+        )
+
+    def _running(
+        self, restore: CitusRestore, namespace: str, job_name: str, state: JobState, *,
+        running: bool,
+    ) -> float:  # fmt: skip
+        """Pending/Running: the phase, the Running Event once, and the progress."""
         if running and restore.status.phase is not Phase.RUNNING:
             self.deps.events.emit(
                 ref_body(restore), NORMAL, str(Reason.RESTORE_RUNNING), f"Job {job_name} is running"
+            )
+        message = f"Job {job_name} {'is running' if running else 'created'}"
+        extra: dict[str, Any] = {"jobName": job_name, "startTime": time_str(state.start_time)}
+        progress = self._progress(restore, namespace) if running else None
+        if progress is not None:
+            extra["progress"] = progress
+            message += (
+                f": {progress['databasesDone']}/{progress['databasesTotal']} databases restored, "
+                f"{format_size(progress['bytes'])} read"
             )
         self._patch(
             restore,
             Phase.RUNNING if running else Phase.PENDING,
             Reason.RESTORE_RUNNING if running else Reason.JOB_CREATED,
-            f"Job {job_name} {'is running' if running else 'created'}",
-            {"jobName": job_name, "startTime": time_str(state.start_time)},
+            message,
+            extra,
         )
         return self.deps.poll_seconds
+
+    def _progress(self, restore: CitusRestore, namespace: str) -> dict[str, Any] | None:
+        """The runner's beacon on the target server, at most every MIN_INTERVAL
+        seconds per restore (in between, the last one read); None if unknown."""
+        probe = self.deps.probe
+        if probe is None:
+            return None
+        key = (namespace, restore.name)
+        now = self.deps.clock()
+        last = self._progress_read.get(key)
+        if last is not None and (now - last[0]).total_seconds() < MIN_INTERVAL:
+            return last[1]
+        value: dict[str, Any] | None = None
+        try:
+            connection = self._connection(restore, namespace)
+            if connection is not None:
+                password = read_secret_value(
+                    self.deps.cluster, namespace, connection.password_secret_ref
+                )
+                tag = progress_tag(namespace, restore.name)
+                names = probe.application_names(connection, password, f"{BEACON_PREFIX}{tag}:")
+                del password
+                found = next((p for p in (parse_beacon(n, tag) for n in names) if p), None)
+                if found is not None:
+                    done, total, size = found
+                    value = {"databasesDone": done, "databasesTotal": total, "bytes": size}
+        except CitusBackupError as err:
+            logger.debug("progress of %s/%s unknown: %s", namespace, restore.name, err)
+        self._progress_read[key] = (now, value)
+        return value
+
+    def _connection(self, restore: CitusRestore, namespace: str) -> PostgresConnection | None:
+        if restore.spec.target is not None:
+            return restore.spec.target
+        backup_name = restore.status.backup_name or restore.spec.backup_name
+        body = self.deps.cluster.get(Kind.BACKUP, namespace, backup_name) if backup_name else None
+        if body is None:
+            return None
+        policy_name = str(body.get("spec", {}).get("policyName") or "")
+        policy_body = self.deps.cluster.get(Kind.POLICY, namespace, policy_name)
+        if policy_body is None:
+            return None
+        return parse(CitusBackupPolicy, policy_body).spec.coordinator
 
     def _start(
         self, restore: CitusRestore, backup: CitusBackup, policy: CitusBackupPolicy, namespace: str
@@ -409,10 +474,18 @@ class RestoreReconciler:
         *,
         verified_reason: Reason | None = None,
     ) -> None:
+        self._progress_read.pop((restore.namespace or "", restore.name), None)
         extra = dict(extra or {})
         extra["completionTime"] = time_str(completed or self.deps.clock())
-        self._patch(restore, phase, reason, message, extra, citus)
         ok = phase is Phase.SUCCEEDED
+        if ok and extra.get("restoredDatabases") is not None:
+            count = len(extra["restoredDatabases"])
+            extra["progress"] = {
+                "databasesDone": count,
+                "databasesTotal": count,
+                "bytes": int(restore.status.progress.bytes if restore.status.progress else 0),
+            }
+        self._patch(restore, phase, reason, message, extra, citus)
         if restore.spec.verify:
             verification.record(
                 self.deps,

@@ -346,6 +346,12 @@ def register(subparsers: Any) -> None:
         "(citus_backup_verify_*), check it, drop it; touches no other database",
     )
     restore.add_argument(
+        "--progress-tag",
+        metavar="HEX",
+        help="advertise progress as application_name citus-backup:HEX:<done>/<total>:<bytes> "
+        "of one session (the operator reads it)",
+    )
+    restore.add_argument(
         "--checks-dir",
         type=Path,
         metavar="DIR",
@@ -551,6 +557,7 @@ def _restore(args: argparse.Namespace) -> int:
             citus_workers=args.citus_worker,
             verify=args.verify,
             checks=load_checks(args.checks_dir) if args.verify else (),
+            progress_tag=args.progress_tag,
         )
         run_restore(pg, s3, options, summary)
 

@@ -90,6 +90,17 @@ class Progress:
             f"({rate_mb_s(size, elapsed):.1f} MB/s)"
         )
 
+    def totals(self) -> tuple[int, int]:
+        """(streams finished, bytes of every stream so far)."""
+        with self._lock:
+            counters = list(self._counters.values())
+        finished, size = 0, 0
+        for counter in counters:
+            done, end = counter.snapshot()
+            size += done
+            finished += end is not None
+        return finished, size
+
     def report(self) -> list[str]:
         """One line per unfinished stream; called by the thread (and tests)."""
         now = self._clock()

@@ -68,6 +68,7 @@ from psycopg import sql
 from citus_backup.errors import CitusBackupError, PermanentError
 from citus_backup.runner import citus, dbprops, faults, layout, listing, pg, rebuild
 from citus_backup.runner import verify as verify_mod
+from citus_backup.runner.beacon import Beacon
 from citus_backup.runner.cluster import (
     Cluster,
     Node,
@@ -143,6 +144,8 @@ class RestoreOptions:
     #: database, check it, drop it; never a real database, never the globals.
     verify: bool = False
     checks: Sequence[verify_mod.Check] = ()
+    #: Advertise progress in a session's application_name (:mod:`.beacon`).
+    progress_tag: str | None = None
 
 
 #: Milliseconds a user check of a verification may run (statement_timeout).
@@ -523,6 +526,10 @@ class _Restore:
             temp = self._create_temp(coordinator, entry)
             try:
                 self._restore_temp(sessions, plan, entry, key=key, temp=temp, target=target)
+                # Stopped (SIGTERM, another database failed) after the last child
+                # ended: the swap must not happen behind the run's failure.
+                if self.children.cancelled.is_set():
+                    raise Cancelled("stopped before the swap: the run is being cancelled")
                 if target in pg.all_database_names(coordinator):
                     if not self.options.replace:
                         raise target_exists(target)
@@ -1063,8 +1070,17 @@ class _Restore:
             pg.tool(tool)
 
         started = time.monotonic()
+        beacon: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+        if options.progress_tag:
+            total = 1 if (options.tables or options.schemas) else len(plan)
+            beacon = Beacon(
+                lambda: self.pg.connect(self.pg_config.maintenance_db),
+                options.progress_tag,
+                lambda: self._done(total),
+                options.progress_interval,
+            )
         try:
-            with self.progress:
+            with self.progress, beacon:
                 if with_globals:
                     self.restore_globals(manifest)
                 if options.verify:
@@ -1081,6 +1097,11 @@ class _Restore:
         self.summary.databases = {target: entry.object.size for entry, target in plan}
         self.summary.total_size = sum(self.summary.databases.values())
         self.summary.extra["restoreSeconds"] = round(time.monotonic() - started, 3)
+
+    def _done(self, total: int) -> tuple[int, int, int]:
+        """(databases restored, of total, bytes streamed) for the beacon."""
+        finished, size = self.progress.totals()
+        return min(finished, total), total, size
 
     # ------------------------------------------------------ verification
     def _verify_all(self, plan: list[tuple[DatabaseEntry, str]]) -> None:

@@ -86,6 +86,7 @@ FLAG_NO_GLOBALS: Final = "--no-globals"  # one of the two is always passed: no r
 FLAG_VERIFY: Final = "--verify"  # verification: scratch databases only
 FLAG_CHECKS_DIR: Final = "--checks-dir"  # with --verify: the checks ConfigMap's mount
 FLAG_NO_OWNER: Final = "--no-owner"
+FLAG_PROGRESS_TAG: Final = "--progress-tag"  # restore: progress in a session's application_name
 FLAG_NO_PRIVILEGES: Final = "--no-privileges"
 
 # --- files and the user

@@ -81,7 +81,7 @@ from citus_backup.api.restore import KIND as RESTORE_KIND
 from citus_backup.api.restore import CitusRestore, CitusRestoreSpec
 from citus_backup.errors import PermanentError
 from citus_backup.specs import contract as c
-from citus_backup.specs.names import backup_job_name, label_value, restore_job_name
+from citus_backup.specs.names import backup_job_name, label_value, progress_tag, restore_job_name
 from citus_backup.specs.retention import backup_tiers
 
 BACKUP_CONTAINER = "backup"
@@ -216,6 +216,7 @@ def build_restore_job(
     args.append(c.FLAG_GLOBALS if spec.effective_globals else c.FLAG_NO_GLOBALS)
     if policy.spec.dump.jobs is not None:
         args += [c.FLAG_JOBS, str(policy.spec.dump.jobs)]
+    args += [c.FLAG_PROGRESS_TAG, progress_tag(namespace, restore.name)]
     extra_volumes: list[V1Volume] = []
     extra_mounts: list[V1VolumeMount] = []
     if spec.verify:

@@ -121,3 +121,8 @@ def backup_job_name(backup_name: str) -> str:
 def restore_job_name(restore_name: str) -> str:
     """Name of the Job that runs the CitusRestore ``restore_name``."""
     return job_name(restore_name, RESTORE_JOB_SUFFIX)
+
+
+def progress_tag(namespace: str, name: str) -> str:
+    """The tag of a CitusRestore's progress beacon (:mod:`citus_backup.runner.beacon`)."""
+    return hashlib.sha256(f"{namespace}/{name}".encode()).hexdigest()[:12]
