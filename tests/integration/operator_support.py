@@ -75,6 +75,17 @@ def install_operator_manifests(kube: KubeInfo, kubeconfig: Path) -> Path:
     return kube.mint_sa_kubeconfig(OPERATOR_NAMESPACE, OPERATOR_SA, kubeconfig)
 
 
+def running_operator(kube: KubeInfo, work: Path, log_path: Path) -> Iterator[OperatorProcess]:
+    """The manifests installed and one operator process for a module (stopped after)."""
+    kubeconfig = install_operator_manifests(kube, work / "operator.kubeconfig")
+    process = OperatorProcess(kubeconfig, log_path, work)
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
 @dataclass
 class OperatorProcess:
     """``citus-backup operator`` as a child process, restartable."""

@@ -20,19 +20,15 @@ from operator_support import (
     Fixture,
     Objects,
     OperatorProcess,
-    install_operator_manifests,
-    make_fixture,
-    make_secrets,
     policy_body,
     rbac_denials,
+    running_operator,
 )
 
 from citus_backup.specs.names import backup_job_name, restore_job_name, scheduled_backup_name
 from harness.local_node import LocalNode
 from harness.polling import eventually
 from localenv.kube import KubeInfo
-from localenv.minio import MinioInfo
-from localenv.postgres import PostgresInfo
 
 #: Seconds a backup or restore of the two small databases may take, Job start included.
 RUN_TIMEOUT = 90.0
@@ -42,26 +38,7 @@ RUN_TIMEOUT = 90.0
 def operator(
     kube: KubeInfo, tmp_path_factory: pytest.TempPathFactory, log_dir: Path
 ) -> Iterator[OperatorProcess]:
-    work = tmp_path_factory.mktemp("operator")
-    kubeconfig = install_operator_manifests(kube, work / "operator.kubeconfig")
-    process = OperatorProcess(kubeconfig, log_dir / "operator.log", work)
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
-@pytest.fixture(scope="module")
-def data(postgres: PostgresInfo, minio: MinioInfo) -> Iterator[Fixture]:
-    yield from make_fixture(postgres, minio)
-
-
-@pytest.fixture
-def ns(local_node_namespace: str, kube_api: Any, data: Fixture) -> Objects:
-    objects = Objects(kube_api, local_node_namespace)
-    make_secrets(objects.core, local_node_namespace, data)
-    return objects
+    yield from running_operator(kube, tmp_path_factory.mktemp("operator"), log_dir / "operator.log")
 
 
 def assert_clean(operator: OperatorProcess, data: Fixture, ns: Objects) -> None:

@@ -15,17 +15,14 @@ import urllib.request
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 from operator_support import (
     Fixture,
     Objects,
     OperatorProcess,
-    install_operator_manifests,
-    make_fixture,
-    make_secrets,
     policy_body,
+    running_operator,
 )
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -33,8 +30,6 @@ from citus_backup.runner import layout
 from citus_backup.runner.verify import SCRATCH_PREFIX, scratch_name
 from harness.polling import eventually
 from localenv.kube import KubeInfo
-from localenv.minio import MinioInfo
-from localenv.postgres import PostgresInfo
 
 RUN_TIMEOUT = 120.0
 Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
@@ -45,25 +40,7 @@ def operator(
     kube: KubeInfo, tmp_path_factory: pytest.TempPathFactory, log_dir: Path
 ) -> Iterator[OperatorProcess]:
     work = tmp_path_factory.mktemp("operator-observability")
-    kubeconfig = install_operator_manifests(kube, work / "operator.kubeconfig")
-    process = OperatorProcess(kubeconfig, log_dir / "operator-observability.log", work)
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
-@pytest.fixture(scope="module")
-def data(postgres: PostgresInfo, minio: MinioInfo) -> Iterator[Fixture]:
-    yield from make_fixture(postgres, minio)
-
-
-@pytest.fixture
-def ns(local_node_namespace: str, kube_api: Any, data: Fixture) -> Objects:
-    objects = Objects(kube_api, local_node_namespace)
-    make_secrets(objects.core, local_node_namespace, data)
-    return objects
+    yield from running_operator(kube, work, log_dir / "operator-observability.log")
 
 
 def scrape(operator: OperatorProcess) -> Samples:

@@ -23,8 +23,6 @@ from operator_support import (
     Objects,
     OperatorProcess,
     install_operator_manifests,
-    make_fixture,
-    make_secrets,
     policy_body,
     rbac_denials,
 )
@@ -33,24 +31,10 @@ from citus_backup.specs.names import backup_job_name
 from harness.local_node import LocalNode
 from harness.polling import eventually
 from localenv.kube import KubeInfo
-from localenv.minio import MinioInfo
-from localenv.postgres import PostgresInfo
 
 #: Seconds after which a silent peer counts as gone (short: the test waits for it).
 LIFETIME = 8
 RUN_TIMEOUT = 120.0
-
-
-@pytest.fixture(scope="module")
-def data(postgres: PostgresInfo, minio: MinioInfo) -> Iterator[Fixture]:
-    yield from make_fixture(postgres, minio)
-
-
-@pytest.fixture
-def ns(local_node_namespace: str, kube_api: Any, data: Fixture) -> Objects:
-    objects = Objects(kube_api, local_node_namespace)
-    make_secrets(objects.core, local_node_namespace, data)
-    return objects
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ from operator_support import (
     Objects,
     OperatorProcess,
     install_operator_manifests,
-    make_fixture,
     make_secrets,
     policy_body,
     rbac_denials,
@@ -32,8 +31,6 @@ from operator_support import (
 from citus_backup.controllers.retention import FINALIZER
 from harness.polling import eventually
 from localenv.kube import KubeInfo
-from localenv.minio import MinioInfo
-from localenv.postgres import PostgresInfo
 
 pytestmark = pytest.mark.integration
 
@@ -86,11 +83,6 @@ def operator(
         yield process
     finally:
         process.stop()
-
-
-@pytest.fixture(scope="module")
-def data(postgres: PostgresInfo, minio: MinioInfo) -> Iterator[Fixture]:
-    yield from make_fixture(postgres, minio)
 
 
 def rule_ids(client: S3Client, bucket: str) -> set[str]:

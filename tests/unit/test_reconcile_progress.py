@@ -82,10 +82,11 @@ def test_the_beacon_name_round_trips_and_fits_postgres_limit() -> None:
 
 
 def test_a_running_restore_shows_the_runners_beacon() -> None:
+    from reconcile_fakes import restore  # noqa: PLC0415
+
     from citus_backup.reconcile.restore import RestoreReconciler  # noqa: PLC0415
     from citus_backup.runner.beacon import beacon_name  # noqa: PLC0415
     from citus_backup.specs.names import progress_tag  # noqa: PLC0415
-    from reconcile_fakes import restore  # noqa: PLC0415
 
     w = world()
     w.cluster.add_secrets()
