@@ -422,3 +422,23 @@ def test_endpoint_refusing_abort_rule_gets_the_others_without_false_drift() -> N
     assert again.was_in_sync
     assert not again.drift_repaired
     assert bucket.writes == 1
+
+
+def test_a_drift_check_that_finds_nothing_writes_no_status_until_the_hourly_refresh() -> None:
+    from citus_backup.controllers.retention import LAST_SYNC_REFRESH  # noqa: PLC0415
+
+    bucket = FakeBucket(rules=[])
+    w, ctl = controller(bucket)
+    w.cluster.add(Kind.POLICY, policy())
+    ctl.sync("main", "ns")
+    written = w.cluster.status_patches
+    for _ in range(3):
+        w.clock.advance(seconds=300)
+        ctl.sync("main", "ns")
+    assert w.cluster.status_patches == written  # no status write: no watch event
+    w.clock.advance(seconds=LAST_SYNC_REFRESH)
+    ctl.sync("main", "ns")
+    assert w.cluster.status_patches == written + 1  # lastSyncTime refreshed
+    bucket.rules = []  # drift: repaired and recorded at once
+    ctl.sync("main", "ns")
+    assert w.cluster.status_patches == written + 2

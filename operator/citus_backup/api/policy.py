@@ -658,7 +658,9 @@ class LifecycleStatus(StatusModel):
         None, description="Whether the bucket's rules matched the desired ones at lastSyncTime."
     )
     last_sync_time: AwareDatetime | None = Field(
-        None, description="When the rules were last compared or written."
+        None,
+        description="When the rules were last written or found changed; a check that finds "
+        "them in sync refreshes it at most hourly (it writes nothing otherwise).",
     )
 
 

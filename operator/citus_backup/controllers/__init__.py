@@ -6,8 +6,8 @@ Handlers, registered explicitly on a registry by :func:`register`:
 * every CitusBackupPolicy: a daemon that looks at the policy
   (``PolicyReconciler``) and then sleeps **until its next fire time** (or
   the verification schedule's), at most ``--schedule-interval`` seconds, or
-  until a watch event about the policy (spec changed, status written, a
-  backup of it finished and refreshed its summary) wakes it. An idle policy
+  until its spec changes (a watch event with a new generation wakes it;
+  status writes do not). An idle policy
   costs one look per ``--schedule-interval`` (default 300 s) instead of one
   every few seconds, and a run starts within milliseconds of its time;
 * every CitusBackup / CitusRestore that has not finished: a timer, one look
@@ -116,8 +116,13 @@ def register(
             await _sleep(min(delay + FIRE_SLACK, schedule_interval), wake, stopped)
 
     @kopf.on.event(GROUP, VERSION, Kind.POLICY.value, id="schedule-wake", registry=registry)
-    async def policy_event(memo: kopf.Memo, **_: Any) -> None:
-        _wake_event(memo).set()
+    async def policy_event(memo: kopf.Memo, meta: kopf.Meta, **_: Any) -> None:
+        # Only a new spec (generation) changes what the scheduler decides; status
+        # writes (ours, the retention controller's, a backup's summary) do not.
+        generation = meta.get("generation")
+        if memo.get("schedule_generation") != generation:
+            memo["schedule_generation"] = generation
+            _wake_event(memo).set()
 
     # Imported catalogue entries (reconcile.catalogue) never get a Job, even
     # in the instant between their creation and their Succeeded status.

@@ -41,7 +41,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import kopf
@@ -78,6 +78,9 @@ FINALIZER = f"{GROUP}/lifecycle-rules"
 #: backups, Secrets) are most of an idle operator's API traffic (bench/scale.py:
 #: about 18 requests per policy per minute at 60 s).
 DEFAULT_INTERVAL = 300.0
+#: Seconds after which a pass that found everything in sync still rewrites
+#: ``status.lifecycle.lastSyncTime`` (otherwise it writes nothing).
+LAST_SYNC_REFRESH = 3600.0
 INTERVAL_ENV = "CITUS_BACKUP_LIFECYCLE_INTERVAL"
 #: Attempts to reach the bucket when a policy is deleted before giving up (about
 #: FINALIZE_RETRIES x FINALIZE_DELAY seconds).
@@ -344,6 +347,8 @@ class RetentionController:
             self.deps.events.emit(body, WARNING, DRIFT_REPAIRED, result.drift_message())
         elif result.written:
             self.deps.events.emit(body, NORMAL, RULES_UPDATED, message)
+        if not result.written and self._recorded(policy, result.summary, message):
+            return  # nothing to say: no status write, so no watch event for anyone
         self._patch(
             policy,
             lifecycle_status(
@@ -355,6 +360,22 @@ class RetentionController:
                 now=self.deps.clock(),
             ),
         )
+
+    def _recorded(self, policy: CitusBackupPolicy, summary: Sequence[Any], message: str) -> bool:
+        """The status already says "in sync" with these rules and this message, written
+        less than LAST_SYNC_REFRESH ago (a drift check that finds nothing writes nothing)."""
+        lifecycle = policy.status.lifecycle
+        condition = find_condition(policy.status.conditions, ConditionType.LIFECYCLE_IN_SYNC)
+        if lifecycle is None or not lifecycle.in_sync or lifecycle.last_sync_time is None:
+            return False
+        if condition is None or condition.status != "True" or condition.message != message:
+            return False
+        if condition.observed_generation != policy.metadata.generation:
+            return False
+        if tuple(lifecycle.rules) != tuple(summary):
+            return False
+        age = (self.deps.clock() - lifecycle.last_sync_time).total_seconds()
+        return age < LAST_SYNC_REFRESH
 
     def _bucket_lock(self, policy: CitusBackupPolicy) -> contextlib.AbstractContextManager[None]:
         """One read-modify-write of a bucket's lifecycle configuration at a time in this
