@@ -442,3 +442,31 @@ def test_a_drift_check_that_finds_nothing_writes_no_status_until_the_hourly_refr
     bucket.rules = []  # drift: repaired and recorded at once
     ctl.sync("main", "ns")
     assert w.cluster.status_patches == written + 2
+
+
+def test_the_overlap_check_reads_the_watch_fed_index_not_a_list_per_pass() -> None:
+    bucket = FakeBucket(rules=[])
+    w, ctl = controller(bucket)
+    w.cluster.add(Kind.POLICY, policy())
+    lists = []
+    original = w.cluster.list
+
+    def counting(kind: Kind, namespace: str) -> list[dict[str, Any]]:
+        lists.append(kind)
+        return original(kind, namespace)
+
+    w.cluster.list = counting  # type: ignore[method-assign]
+    ctl.sync("main", "ns")
+    ctl.sync("main", "ns")
+    assert lists.count(Kind.POLICY) == 1  # the first pass seeds the index
+    # A newer overlapping policy arrives through a watch event: refused from the index.
+    w.clock.advance(minutes=1)  # creation times decide which policy keeps its rules
+    w.cluster.add(Kind.POLICY, policy("late", storage={**policy()["spec"]["storage"]}))
+    ctl.observe(w.cluster.obj(Kind.POLICY, "late"), deleted=False)
+    ctl.sync("late", "ns")
+    assert lists.count(Kind.POLICY) == 1
+    late = w.cluster.condition(Kind.POLICY, "late", "LifecycleInSync")
+    assert late is not None
+    assert late["reason"] == "PrefixOverlap"
+    ctl.observe(w.cluster.obj(Kind.POLICY, "late"), deleted=True)
+    assert [p.name for p in ctl._policies("ns")] == ["main"]

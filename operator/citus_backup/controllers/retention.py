@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -215,15 +216,46 @@ class RetentionController:
         #: policy uid -> the client of its last pass, for the finalizer (see
         #: _bucket_for_deletion); credentials stay in this process's memory only.
         self._clients: dict[str, BucketClient] = {}
+        #: namespace -> name -> policy, fed by watch events (see _policies).
+        self._index: dict[str, dict[str, CitusBackupPolicy]] = {}
+        self._index_lock = threading.Lock()
 
     # ------------------------------------------------------------------ helpers
 
     def _policies(self, namespace: str) -> list[CitusBackupPolicy]:
-        result = []
+        """The namespace's policies: from the watch-fed index once it has seen the
+        namespace (:meth:`observe`), else one LIST (which also seeds the index).
+
+        Why: every pass checks its policy's prefix against all others; a LIST per
+        pass made an idle operator's work grow with the square of the policies.
+        """
+        with self._index_lock:
+            cached = self._index.get(namespace)
+            if cached is not None:
+                return list(cached.values())
+        listed = {}
         for item in self.deps.cluster.list(Kind.POLICY, namespace):
             with contextlib.suppress(CitusBackupError):
-                result.append(parse(CitusBackupPolicy, item))
-        return result
+                model = parse(CitusBackupPolicy, item)
+                listed[model.name] = model
+        with self._index_lock:
+            self._index.setdefault(namespace, {}).update(listed)
+            return list(self._index[namespace].values())
+
+    def observe(self, body: Mapping[str, Any], *, deleted: bool) -> None:
+        """A watch event of a policy: keep the index of :meth:`_policies` current."""
+        meta = body.get("metadata", {})
+        namespace, name = meta.get("namespace", ""), meta.get("name", "")
+        model = None
+        if not deleted:
+            with contextlib.suppress(CitusBackupError):
+                model = parse(CitusBackupPolicy, body)
+        with self._index_lock:
+            known = self._index.setdefault(namespace, {})
+            if model is None:
+                known.pop(name, None)
+            else:
+                known[name] = model
 
     def _patch(self, policy: CitusBackupPolicy, status: dict[str, Any]) -> None:
         """Patch guarded by the resourceVersion we read: a merge patch replaces the
@@ -550,10 +582,14 @@ def register(
         transient(lambda: ctl.sync(name, namespace or ""))
         transient(lambda: ctl.sync_catalogue(name, namespace or ""))
 
+    @kopf.on.event(GROUP, VERSION, plural, registry=registry, id="lifecycle-index")
+    def policy_seen(type: str, body: kopf.Body, **_: Any) -> None:
+        ctl.observe(body, deleted=type == "DELETED")
+
     # optional: kopf adds no finalizer for this handler; ours keeps the object until it ran.
     @kopf.on.delete(GROUP, VERSION, plural, registry=registry, id="lifecycle-delete", optional=True)
     def lifecycle_deleted(body: kopf.Body, retry: int, **_: Any) -> None:
         transient(lambda: ctl.finalize(dict(body), retry))
 
-    del lifecycle_changed, lifecycle_tick, lifecycle_deleted
+    del lifecycle_changed, lifecycle_tick, lifecycle_deleted, policy_seen
     return ctl
