@@ -55,7 +55,7 @@ from citus_backup.reconcile.common import (
 )
 from citus_backup.reconcile.jobs import DEADLINE_EXCEEDED, Progress, outcome
 from citus_backup.reconcile.ports import Kind
-from citus_backup.reconcile.progress import MIN_INTERVAL
+from citus_backup.reconcile.progress import ProgressCache
 from citus_backup.specs.jobs import build_backup_job
 from citus_backup.specs.names import backup_id as make_backup_id
 from citus_backup.specs.names import backup_job_name
@@ -86,9 +86,7 @@ class BackupReconciler:
 
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
-        #: (namespace, name) -> (when, progress) of the last progress read; an entry
-        #: goes when its backup finishes.
-        self._progress_read: dict[tuple[str, str], tuple[datetime, dict[str, Any] | None]] = {}
+        self._progress = ProgressCache()
 
     def reconcile(self, name: str, namespace: str) -> float | None:
         with self.deps.locked("CitusBackup", namespace, name):
@@ -151,7 +149,7 @@ class BackupReconciler:
             "startTime": time_str(state.start_time or backup.status.start_time),
         }
         if phase is Phase.RUNNING and policy is not None:
-            progress = self._progress(backup, policy)
+            progress = self._read_progress(backup, policy)
             if progress is not None:
                 extra["progress"] = progress
                 message += f": {progress_text(progress)}"
@@ -162,25 +160,20 @@ class BackupReconciler:
         self._patch(backup, phase, reason, message, extra=extra)
         return self.deps.poll_seconds
 
-    def _progress(self, backup: CitusBackup, policy: CitusBackupPolicy) -> dict[str, Any] | None:
+    def _read_progress(
+        self, backup: CitusBackup, policy: CitusBackupPolicy
+    ) -> dict[str, Any] | None:
         """The bucket's view of the run, at most every MIN_INTERVAL seconds per backup
         (in between, the last one read); None when it cannot be told."""
         source = self.deps.progress
         if source is None:
             return None
-        key = (backup.namespace or "", backup.name)
-        now = self.deps.clock()
-        last = self._progress_read.get(key)
-        if last is not None and (now - last[0]).total_seconds() < MIN_INTERVAL:
-            return last[1]
-        try:
+
+        def read() -> dict[str, Any] | None:
             found = source.backup(policy, backup)
-        except CitusBackupError as err:
-            logger.debug("progress of %s/%s unknown: %s", *key, err)
-            found = None
-        value = found.to_status() if found is not None else None
-        self._progress_read[key] = (now, value)
-        return value
+            return found.to_status() if found is not None else None
+
+        return self._progress.get((backup.namespace or "", backup.name), self.deps.clock(), read)
 
     def _start(self, backup: CitusBackup, policy: CitusBackupPolicy, namespace: str) -> float:
         cluster = self.deps.cluster
@@ -343,7 +336,7 @@ class BackupReconciler:
     ) -> None:
         if backup.status.phase is not None and backup.status.phase.finished:
             return
-        self._progress_read.pop((backup.namespace or "", backup.name), None)
+        self._progress.forget((backup.namespace or "", backup.name))
         extra = dict(extra or {})
         extra["completionTime"] = time_str(completed or self.deps.clock())
         self._patch(backup, phase, reason, message, extra=extra, restorable=restorable)

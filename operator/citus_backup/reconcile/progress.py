@@ -16,16 +16,51 @@ status shows the phase and, when finished, what was restored and verified.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from citus_backup.api.backup import CitusBackup
 from citus_backup.api.policy import CitusBackupPolicy
+from citus_backup.errors import CitusBackupError
 from citus_backup.runner.layout import dump_object_name
 
-#: Fewest seconds between two progress reads of one backup (S3 requests).
+logger = logging.getLogger(__name__)
+
+#: Fewest seconds between two progress reads of one run (S3 or PostgreSQL requests).
 MIN_INTERVAL = 10.0
+
+Status = dict[str, Any]
+
+
+@dataclass
+class ProgressCache:
+    """The last progress read of each running backup or restore, so a run is asked
+    at most every :data:`MIN_INTERVAL` seconds whatever the poll interval; an
+    entry goes when its run finishes (:meth:`forget`)."""
+
+    _last: dict[tuple[str, str], tuple[datetime, Status | None]] = field(default_factory=dict)
+
+    def get(
+        self, key: tuple[str, str], now: datetime, read: Callable[[], Status | None]
+    ) -> Status | None:
+        """The cached value if read less than MIN_INTERVAL ago, else ``read()`` (None
+        when it raises a project error: progress is best effort)."""
+        last = self._last.get(key)
+        if last is not None and (now - last[0]).total_seconds() < MIN_INTERVAL:
+            return last[1]
+        try:
+            value = read()
+        except CitusBackupError as err:
+            logger.debug("progress of %s/%s unknown: %s", *key, err)
+            value = None
+        self._last[key] = (now, value)
+        return value
+
+    def forget(self, key: tuple[str, str]) -> None:
+        self._last.pop(key, None)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from citus_backup.api.backup import CitusBackup, format_size
 from citus_backup.api.common import ConditionType, Phase, Reason, make_condition, set_condition
 from citus_backup.api.policy import CitusBackupPolicy, PostgresConnection
 from citus_backup.api.restore import CitusRestore
-from citus_backup.errors import CitusBackupError, PermanentError, TransientError
+from citus_backup.errors import PermanentError, TransientError
 from citus_backup.reconcile import concurrency, verification
 from citus_backup.reconcile.common import (
     NORMAL,
@@ -46,7 +46,7 @@ from citus_backup.reconcile.common import (
 )
 from citus_backup.reconcile.jobs import DEADLINE_EXCEEDED, Progress, outcome
 from citus_backup.reconcile.ports import JobState, Kind
-from citus_backup.reconcile.progress import MIN_INTERVAL
+from citus_backup.reconcile.progress import ProgressCache
 from citus_backup.runner.beacon import PREFIX as BEACON_PREFIX
 from citus_backup.runner.beacon import parse_beacon
 from citus_backup.runner.verify import scratch_name
@@ -136,8 +136,7 @@ class RestoreReconciler:
 
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
-        #: (namespace, name) -> (when, progress) of the last beacon read.
-        self._progress_read: dict[tuple[str, str], tuple[datetime, dict[str, Any] | None]] = {}
+        self._progress = ProgressCache()
 
     def reconcile(self, name: str, namespace: str) -> float | None:
         with self.deps.locked("CitusRestore", namespace, name):
@@ -279,7 +278,7 @@ class RestoreReconciler:
             )
         message = f"Job {job_name} {'is running' if running else 'created'}"
         extra: dict[str, Any] = {"jobName": job_name, "startTime": time_str(state.start_time)}
-        progress = self._progress(restore, namespace) if running else None
+        progress = self._read_progress(restore, namespace) if running else None
         if progress is not None:
             extra["progress"] = progress
             message += (
@@ -295,35 +294,30 @@ class RestoreReconciler:
         )
         return self.deps.poll_seconds
 
-    def _progress(self, restore: CitusRestore, namespace: str) -> dict[str, Any] | None:
+    def _read_progress(self, restore: CitusRestore, namespace: str) -> dict[str, Any] | None:
         """The runner's beacon on the target server, at most every MIN_INTERVAL
         seconds per restore (in between, the last one read); None if unknown."""
         probe = self.deps.probe
         if probe is None:
             return None
-        key = (namespace, restore.name)
-        now = self.deps.clock()
-        last = self._progress_read.get(key)
-        if last is not None and (now - last[0]).total_seconds() < MIN_INTERVAL:
-            return last[1]
-        value: dict[str, Any] | None = None
-        try:
+
+        def read() -> dict[str, Any] | None:
             connection = self._connection(restore, namespace)
-            if connection is not None:
-                password = read_secret_value(
-                    self.deps.cluster, namespace, connection.password_secret_ref
-                )
-                tag = progress_tag(namespace, restore.name)
-                names = probe.application_names(connection, password, f"{BEACON_PREFIX}{tag}:")
-                del password
-                found = next((p for p in (parse_beacon(n, tag) for n in names) if p), None)
-                if found is not None:
-                    done, total, size = found
-                    value = {"databasesDone": done, "databasesTotal": total, "bytes": size}
-        except CitusBackupError as err:
-            logger.debug("progress of %s/%s unknown: %s", namespace, restore.name, err)
-        self._progress_read[key] = (now, value)
-        return value
+            if connection is None:
+                return None
+            password = read_secret_value(
+                self.deps.cluster, namespace, connection.password_secret_ref
+            )
+            tag = progress_tag(namespace, restore.name)
+            names = probe.application_names(connection, password, f"{BEACON_PREFIX}{tag}:")
+            del password
+            found = next((p for p in (parse_beacon(n, tag) for n in names) if p), None)
+            if found is None:
+                return None
+            done, total, size = found
+            return {"databasesDone": done, "databasesTotal": total, "bytes": size}
+
+        return self._progress.get((namespace, restore.name), self.deps.clock(), read)
 
     def _connection(self, restore: CitusRestore, namespace: str) -> PostgresConnection | None:
         if restore.spec.target is not None:
@@ -474,7 +468,7 @@ class RestoreReconciler:
         *,
         verified_reason: Reason | None = None,
     ) -> None:
-        self._progress_read.pop((restore.namespace or "", restore.name), None)
+        self._progress.forget((restore.namespace or "", restore.name))
         extra = dict(extra or {})
         extra["completionTime"] = time_str(completed or self.deps.clock())
         ok = phase is Phase.SUCCEEDED
