@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import subprocess
@@ -142,7 +143,7 @@ def converged(custom: client.CustomObjectsApi, namespaces: list[str], n: int) ->
 
 
 def run_one(  # noqa: PLR0915 - one linear measurement
-    n: int, buckets: int, idle: float, timeout: float, work: Path
+    n: int, buckets: int, idle: float, timeout: float, work: Path, *, fire: int = 0, rounds: int = 0
 ) -> dict[str, Any]:
     logs = work / f"logs-{n}"
     logs.mkdir(parents=True)
@@ -220,7 +221,9 @@ def run_one(  # noqa: PLR0915 - one linear measurement
         time.sleep(idle)
         cpu1, req1, t1 = cpu_seconds(proc.pid), operator_requests(kube), time.monotonic()
         window = t1 - t0
+        fired = fire_rounds(api, namespaces, n, fire, rounds) if fire and rounds else {}
         return {
+            **fired,
             "policies": n,
             "buckets": buckets,
             "created_seconds": round(created, 1),
@@ -245,12 +248,135 @@ def run_one(  # noqa: PLR0915 - one linear measurement
         kube_cluster.stop()
 
 
+def percentile(values: list[float], q: float) -> float | None:
+    """The q-quantile (nearest rank) of values, None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+class Seen:
+    """Wall-clock time at which a watch first delivered each object (ADDED)."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.backups: dict[tuple[str, str], float] = {}  # (namespace, policy) -> time
+        self.jobs: dict[tuple[str, str], float] = {}
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._watch, args=(api, kind), daemon=True)
+            for kind in ("backups", "jobs")
+        ]
+
+    def __enter__(self) -> Seen:
+        for thread in self._threads:
+            thread.start()
+        time.sleep(1.0)  # both watches established
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+
+    def reset(self) -> None:
+        self.backups.clear()
+        self.jobs.clear()
+
+    def _watch(self, api: client.ApiClient, kind: str) -> None:
+        from kubernetes import watch  # noqa: PLC0415
+
+        while not self._stop.is_set():
+            w = watch.Watch()
+            if kind == "backups":
+                custom = client.CustomObjectsApi(api)
+                stream = w.stream(
+                    custom.list_cluster_custom_object, GROUP, VERSION, "citusbackups",
+                    timeout_seconds=60,
+                )  # fmt: skip
+            else:
+                stream = w.stream(
+                    client.BatchV1Api(api).list_job_for_all_namespaces, timeout_seconds=60
+                )
+            for event in stream:
+                if self._stop.is_set():
+                    w.stop()
+                    return
+                if event["type"] != "ADDED":
+                    continue
+                obj = event["object"]
+                if kind == "backups":
+                    meta = obj["metadata"]
+                    key = (meta["namespace"], obj["spec"].get("policyName", ""))
+                    target = self.backups
+                else:
+                    labels = obj.metadata.labels or {}
+                    key = (obj.metadata.namespace, labels.get("citusbackup.io/policy", ""))
+                    target = self.jobs
+                target.setdefault(key, time.time())
+
+
+def fire_rounds(
+    api: client.ApiClient, namespaces: list[str], n: int, fire: int, rounds: int
+) -> dict[str, Any]:
+    """``rounds`` times: ``fire`` of the loaded policies get a schedule that fires at one
+    instant (a minute boundary at least 45 s ahead); measured: when each one's
+    CitusBackup and Job appeared (watch), relative to the scheduled instant."""
+    custom = client.CustomObjectsApi(api)
+    backup_lat: list[float] = []
+    job_lat: list[float] = []
+    spreads: list[float] = []
+    with Seen(api) as seen:
+        for r in range(rounds):
+            seen.reset()
+            now = datetime.now(UTC)
+            instant = now.replace(second=0, microsecond=0).timestamp() + 60
+            while instant - now.timestamp() < 45:
+                instant += 60
+            at = datetime.fromtimestamp(instant, UTC)
+            chosen = [(r * fire + k) % n for k in range(fire)]
+            keys = []
+            for i in chosen:
+                ns, name = namespaces[i % NAMESPACES], f"p{i:04d}"
+                custom.patch_namespaced_custom_object(
+                    GROUP, VERSION, ns, "citusbackuppolicies", name,
+                    {"spec": {"schedule": f"{at.minute} {at.hour} * * *", "timeZone": "UTC"}},
+                )  # fmt: skip
+                keys.append((ns, name))
+            time.sleep(max(0.0, instant - time.time()) + 20)
+            b = [seen.backups[k] - instant for k in keys if k in seen.backups]
+            j = [seen.jobs[k] - instant for k in keys if k in seen.jobs]
+            print(
+                f"scale: fire round {r + 1}: {len(b)}/{fire} backups, {len(j)}/{fire} jobs",
+                file=sys.stderr,
+                flush=True,
+            )
+            backup_lat += b
+            job_lat += j
+            if j:
+                spreads.append(max(j))
+
+    def rounded(value: float | None) -> float | None:
+        return None if value is None else round(value, 3)
+
+    return {
+        "fire_policies_per_round": fire,
+        "fire_rounds": rounds,
+        "fire_backups_seen": len(backup_lat),
+        "fire_jobs_seen": len(job_lat),
+        "fire_backup_latency_p50_s": rounded(percentile(backup_lat, 0.5)),
+        "fire_backup_latency_p99_s": rounded(percentile(backup_lat, 0.99)),
+        "fire_job_latency_p50_s": rounded(percentile(job_lat, 0.5)),
+        "fire_job_latency_p99_s": rounded(percentile(job_lat, 0.99)),
+        "fire_all_jobs_within_s": rounded(max(spreads) if spreads else None),
+    }
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| policies | buckets | all Ready + LifecycleInSync | operator RSS idle (start → end) | "
         "idle CPU (share of a core) | API requests/min idle |",
         "|---|---|---|---|---|---|",
     ]
+    fired = [r for r in rows if r.get("fire_rounds")]
     for r in rows:
         conv = (
             f"{r['converged_seconds']} s"
@@ -262,6 +388,21 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{r['rss_mb_idle_end']} MB | {r['idle_cpu_share_of_one_core'] * 100:.1f} % | "
             f"{r['api_requests_per_minute_idle']} |"
         )
+    if fired:
+        lines += [
+            "",
+            "| policies | runs (policies x rounds) | CitusBackup after the instant p50 / p99 | "
+            "Job after the instant p50 / p99 | all Jobs of a round within |",
+            "|---|---|---|---|---|",
+        ]
+        for r in fired:
+            lines.append(
+                f"| {r['policies']} | {r['fire_jobs_seen']} of "
+                f"{r['fire_policies_per_round']} x {r['fire_rounds']} | "
+                f"{r['fire_backup_latency_p50_s']} / {r['fire_backup_latency_p99_s']} s | "
+                f"{r['fire_job_latency_p50_s']} / {r['fire_job_latency_p99_s']} s | "
+                f"{r['fire_all_jobs_within_s']} s |"
+            )
     return "\n".join(lines)
 
 
@@ -273,12 +414,26 @@ def main() -> int:
     parser.add_argument("--buckets", type=int, default=10)
     parser.add_argument("--idle", type=float, default=300.0, help="idle window, seconds")
     parser.add_argument("--timeout", type=float, default=600.0, help="convergence limit, seconds")
+    parser.add_argument(
+        "--fire", type=int, default=50, help="policies whose schedule fires at one instant"
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of --fire (0: none)")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="citus-backup-scale-") as tmp:
         for n in (int(x) for x in args.policies.split(",")):
             print(f"scale: {n} policies ...", file=sys.stderr, flush=True)
-            rows.append(run_one(n, args.buckets, args.idle, args.timeout, Path(tmp)))
+            rows.append(
+                run_one(
+                    n,
+                    args.buckets,
+                    args.idle,
+                    args.timeout,
+                    Path(tmp),
+                    fire=args.fire,
+                    rounds=args.rounds,
+                )
+            )
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     out = REPO / "bench" / "results" / f"scale-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     out.write_text(

@@ -18,7 +18,15 @@ from test_runner_support import new_bucket
 
 from citus_backup.api.policy import CitusBackupPolicy
 from citus_backup.clients.s3 import BucketClient, S3Location
-from citus_backup.reconcile.lifecycle import remove_rules, sync_rules
+from citus_backup.reconcile.lifecycle import (
+    MAX_RULES,
+    RuleLimitError,
+    SyncResult,
+    policy_request,
+    remove_rules,
+    sync_many,
+    sync_rules,
+)
 from citus_backup.specs.lifecycle import EXPIRABLE_TAG_KEY, EXPIRABLE_TAG_VALUE, build_rules
 from localenv.minio import MinioInfo
 
@@ -217,3 +225,56 @@ def _tags() -> Tags:
     tags = Tags()
     tags[EXPIRABLE_TAG_KEY] = EXPIRABLE_TAG_VALUE
     return tags
+
+
+class CountingStore:
+    """The real BucketClient, with its reads and writes counted."""
+
+    def __init__(self, inner: BucketClient) -> None:
+        self.inner, self.reads, self.writes = inner, 0, 0
+
+    def get_rules(self) -> list[dict[str, Any]]:
+        self.reads += 1
+        return self.inner.get_rules()
+
+    def put_rules(self, rules: Any) -> None:
+        self.writes += 1
+        self.inner.put_rules(rules)
+
+
+def test_a_batch_of_policies_is_one_read_and_one_write_on_minio(minio: MinioInfo) -> None:
+    client = s3(minio)
+    bucket = new_bucket(minio, "lcbatch")
+    client.set_bucket_lifecycle(bucket, LifecycleConfig([foreign_rule()]))
+    store = CountingStore(bucket_client(minio, bucket))
+    policies = [make_policy(bucket, f"p{i}", f"clusters/p{i}") for i in range(20)]
+    outcomes = sync_many(store, [policy_request(p) for p in policies], abort_multipart=False)
+    assert (store.reads, store.writes) == (1, 1)
+    assert all(isinstance(o, SyncResult) and o.written for o in outcomes.values())
+    ids = {str(r.rule_id) for r in client.get_bucket_lifecycle(bucket).rules}  # type: ignore[union-attr]
+    assert "logs-7d" in ids
+    assert {f"citusbackup.ns.p{i}.daily" for i in range(20)} <= ids
+    again = sync_many(store, [policy_request(p) for p in policies], abort_multipart=False)
+    assert (store.reads, store.writes) == (2, 1)
+    assert all(isinstance(o, SyncResult) and o.was_in_sync for o in again.values())
+
+
+def test_the_thousand_rule_limit_refuses_the_newcomer_and_keeps_everyone_on_minio(
+    minio: MinioInfo,
+) -> None:
+    """999 foreign rules (MinIO holds them): a policy needing 2 more is refused with
+    LifecycleRuleLimit and nothing in the bucket changes."""
+    client = s3(minio)
+    bucket = new_bucket(minio, "lclimit")
+    foreign = [
+        Rule(ENABLED, Filter(prefix=f"logs/{i}/"), f"logs-{i}", expiration=Expiration(days=7))
+        for i in range(MAX_RULES - 1)
+    ]
+    client.set_bucket_lifecycle(bucket, LifecycleConfig(foreign))
+    store = bucket_client(minio, bucket)
+    policy = make_policy(bucket, "late", "clusters/late")
+    with pytest.raises(RuleLimitError, match="more than the 1000 S3 allows"):
+        sync_rules(store, policy, abort_multipart=False)
+    rules = client.get_bucket_lifecycle(bucket).rules  # type: ignore[union-attr]
+    assert len(rules) == MAX_RULES - 1
+    assert not any(str(r.rule_id).startswith("citusbackup.") for r in rules)

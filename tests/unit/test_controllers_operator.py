@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,14 +26,14 @@ from kubernetes.client import (
     V1PodStatus,
 )
 from kubernetes.client.exceptions import ApiException
-from reconcile_fakes import world
+from reconcile_fakes import policy, world
 
 from citus_backup import operator_main
 from citus_backup.clients.kube import AlreadyExistsError, NotFoundError, convert, job_state_of
 from citus_backup.controllers import register, unfinished
 from citus_backup.errors import PermanentError, TransientError
 from citus_backup.reconcile.jobs import Progress, outcome, parse_summary
-from citus_backup.reconcile.ports import JobState
+from citus_backup.reconcile.ports import JobState, Kind
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
@@ -118,6 +119,59 @@ def test_a_policy_daemon_sleeps_until_due_woken_or_stopped() -> None:
     assert 0.04 < timeout < 5
     assert woken < 5
     assert stopped < 5
+
+
+def test_a_policy_daemon_runs_the_periodic_pass_with_the_catalogue_every_nth_time() -> None:
+    import asyncio  # noqa: PLC0415
+
+    w = world()
+    w.cluster.add(Kind.POLICY, policy("main"))
+
+    class Periodic:
+        interval = 0.05
+
+        def __init__(self) -> None:
+            self.calls: list[bool] = []
+
+        def periodic(
+            self, name: str, namespace: str, body: Mapping[str, Any], *, catalogue: bool
+        ) -> None:
+            assert (name, namespace, body["metadata"]["name"]) == ("main", "ns", "main")
+            self.calls.append(catalogue)
+
+    periodic = Periodic()
+    registry = kopf.OperatorRegistry()
+    register(registry, w.deps, schedule_interval=0.05, periodic=periodic, catalogue_every=3)
+    daemon = next(h for h in registry._spawning.get_all_handlers() if str(h.id) == "schedule")
+
+    class Stopped:
+        def __init__(self) -> None:
+            self.flag = asyncio.Event()
+
+        def __bool__(self) -> bool:
+            return self.flag.is_set()
+
+        async def wait(self) -> None:
+            await self.flag.wait()
+
+    async def scenario() -> None:
+        stopped = Stopped()
+        asyncio.get_running_loop().call_later(1.0, stopped.flag.set)
+        body = w.cluster.get(Kind.POLICY, "ns", "main")
+        await daemon.fn(  # type: ignore[misc]
+            name="main", namespace="ns", stopped=stopped, memo=kopf.Memo(), body=body
+        )
+
+    asyncio.run(scenario())
+    assert len(periodic.calls) >= 4
+    assert periodic.calls[:4] == [True, False, False, True]
+
+
+def test_kopf_runs_a_bounded_pool_of_workers() -> None:
+    settings = kopf.OperatorSettings()
+    operator_main.configure(settings, verbose=False)
+    assert settings.queueing.worker_limit == operator_main.QUEUE_WORKERS
+    assert settings.queueing.idle_timeout < 1
 
 
 def test_kopf_bookkeeping_uses_the_project_prefix() -> None:
@@ -324,3 +378,38 @@ def test_deployment_is_restricted_and_probed() -> None:
     assert container["resources"]["limits"]["memory"]
     args = parse(*container["args"][1:])  # the Deployment's arguments parse
     assert args.liveness == "http://0.0.0.0:8080/healthz"
+
+
+def test_secret_reads_are_reused_for_a_while_and_a_missing_secret_is_not() -> None:
+    from kubernetes.client import ApiClient, V1Secret  # noqa: PLC0415
+
+    from citus_backup.clients.kube import KubeCluster  # noqa: PLC0415
+
+    now = [0.0]
+    cluster = KubeCluster(ApiClient(), secret_ttl=15.0, clock=lambda: now[0])
+
+    class Core:
+        def __init__(self) -> None:
+            self.reads = 0
+            self.exists = True
+
+        def read_namespaced_secret(self, name: str, namespace: str, **_: Any) -> V1Secret:
+            self.reads += 1
+            if not self.exists:
+                raise ApiException(status=404, reason="Not Found")
+            return V1Secret(data={"password": "c2VjcmV0"})
+
+    core = Core()
+    cluster._core = core  # type: ignore[assignment]
+    assert cluster.secret_data("ns", "pg") == {"password": b"secret"}
+    now[0] = 14.0
+    assert cluster.secret_data("ns", "pg") == {"password": b"secret"}
+    assert core.reads == 1
+    now[0] = 15.0
+    core.exists = False
+    assert cluster.secret_data("ns", "pg") is None
+    assert cluster.secret_data("ns", "pg") is None
+    assert core.reads == 3  # absence is asked again each time
+    core.exists = True
+    assert cluster.secret_data("ns", "pg") == {"password": b"secret"}
+    assert core.reads == 4

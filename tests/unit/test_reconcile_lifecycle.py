@@ -4,6 +4,7 @@ against in-memory fakes (the real-MinIO versions are tests/integration/test_rete
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,8 +26,14 @@ from citus_backup.controllers.retention import (
 from citus_backup.errors import PermanentError, TransientError
 from citus_backup.reconcile import catalogue
 from citus_backup.reconcile.lifecycle import (
+    MAX_RULES,
+    RuleLimitError,
+    RuleRequest,
+    SyncResult,
     overlapping_policy,
+    policy_request,
     remove_rules,
+    sync_many,
     sync_rules,
 )
 from citus_backup.reconcile.ports import Kind
@@ -50,12 +57,17 @@ class FakeBucket:
     rules: list[dict[str, Any]] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
     writes: int = 0
+    reads: int = 0
     deleted_config: bool = False
     error: Exception | None = None
+    #: BucketClient.identity: which clients' writes may be batched together.
+    identity: str = "fake-bucket"
+    bucket: str = "fake-bucket"
 
     def get_rules(self) -> list[dict[str, Any]]:
         if self.error is not None:
             raise self.error
+        self.reads += 1
         return copy.deepcopy(self.rules)
 
     def put_rules(self, rules: Sequence[Mapping[str, Any]]) -> None:
@@ -470,3 +482,95 @@ def test_the_overlap_check_reads_the_watch_fed_index_not_a_list_per_pass() -> No
     assert late["reason"] == "PrefixOverlap"
     ctl.observe(w.cluster.obj(Kind.POLICY, "late"), deleted=True)
     assert [p.name for p in ctl._policies("ns")] == ["main"]
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+def requests_for(*names: str) -> list[RuleRequest]:
+    return [policy_request(model(name)) for name in names]
+
+
+def test_one_read_and_one_write_for_a_batch_of_policies() -> None:
+    bucket = FakeBucket(rules=[copy.deepcopy(FOREIGN)])
+    outcomes = sync_many(bucket, requests_for("a", "b", "c"))
+    assert bucket.writes == 1
+    assert all(isinstance(o, SyncResult) and o.written for o in outcomes.values())
+    assert bucket.rules[0] == FOREIGN
+    assert len(bucket.rules) == 1 + 3 * 3
+    again = sync_many(bucket, requests_for("a", "b", "c"))
+    assert bucket.writes == 1
+    assert all(isinstance(o, SyncResult) and o.was_in_sync for o in again.values())
+
+
+def test_a_policy_beyond_the_rule_limit_is_refused_and_the_others_keep_their_rules() -> None:
+    bucket = FakeBucket(rules=[copy.deepcopy(FOREIGN)])
+    sync_many(bucket, requests_for("old"), max_rules=7)
+    before = copy.deepcopy(bucket.rules)
+    outcomes = sync_many(bucket, requests_for("new1", "new2"), max_rules=7)
+    first, second = outcomes["citusbackup.ns.new1."], outcomes["citusbackup.ns.new2."]
+    assert isinstance(first, SyncResult)
+    assert first.written
+    assert isinstance(second, RuleLimitError)
+    assert second.reason == "LifecycleRuleLimit"
+    assert "more than the 7 S3 allows" in second.message
+    assert all(rule in bucket.rules for rule in before)  # nobody lost a rule
+    assert not any(r["ID"].startswith("citusbackup.ns.new2.") for r in bucket.rules)
+    assert len(bucket.rules) == 7
+
+
+def test_the_default_limit_is_s3s_thousand_rules() -> None:
+    assert MAX_RULES == 1000
+
+
+def test_a_refused_policy_keeps_the_rules_it_already_had() -> None:
+    bucket = FakeBucket()
+    sync_many(bucket, requests_for("a"), max_rules=3)
+    mine = [r for r in bucket.rules if r["ID"].startswith("citusbackup.ns.a.")]
+    bigger = policy_request(
+        model(
+            "a",
+            retention={
+                "daily": {"keepDays": 7},
+                "weekly": {"keepDays": 30},
+                "monthly": {"keepDays": 90},
+            },
+        )
+    )
+    outcome = sync_many(bucket, [bigger], max_rules=3)["citusbackup.ns.a."]
+    assert isinstance(outcome, RuleLimitError)
+    assert [r for r in bucket.rules if r["ID"].startswith("citusbackup.ns.a.")] == mine
+
+
+def test_the_controller_reports_the_rule_limit_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    bucket = FakeBucket()
+    w, ctl = controller(bucket)
+    monkeypatch.setattr(
+        "citus_backup.controllers.retention.sync_many", functools.partial(sync_many, max_rules=2)
+    )
+    w.cluster.add(Kind.POLICY, policy())
+    ctl.sync("main", "ns")
+    ctl.sync("main", "ns")
+    condition = w.cluster.condition(Kind.POLICY, "main", "LifecycleInSync")
+    assert condition is not None
+    assert (condition["status"], condition["reason"]) == ("False", "LifecycleRuleLimit")
+    assert w.events.reasons() == ["LifecycleRuleLimit"]
+    assert bucket.writes == 0
+
+
+def test_drift_checks_of_one_bucket_share_a_recent_read_and_still_repair_drift() -> None:
+    bucket = FakeBucket()
+    w, ctl = controller(bucket)
+    for name in ("a", "b", "c"):
+        w.cluster.add(Kind.POLICY, policy(name))
+        ctl.sync(name, "ns")
+    reads = bucket.reads
+    for name in ("a", "b", "c"):
+        ctl.periodic(name, "ns", w.cluster.obj(Kind.POLICY, name), catalogue=False)
+    assert bucket.reads == reads + 1  # one read served the three drift checks
+    assert bucket.writes == 3
+    bucket.rules = [r for r in bucket.rules if not r["ID"].startswith("citusbackup.ns.b.")]
+    ctl._rules_seen.clear()  # the cached read expired
+    ctl.periodic("b", "ns", w.cluster.obj(Kind.POLICY, "b"), catalogue=False)
+    assert w.events.reasons()[-1] == DRIFT_REPAIRED
+    assert any(r["ID"].startswith("citusbackup.ns.b.") for r in bucket.rules)

@@ -230,6 +230,7 @@ class Reason(StrEnum):
     LIFECYCLE_IN_SYNC = "LifecycleInSync"
     LIFECYCLE_OUT_OF_SYNC = "LifecycleOutOfSync"
     LIFECYCLE_UPDATE_FAILED = "LifecycleUpdateFailed"
+    LIFECYCLE_RULE_LIMIT = "LifecycleRuleLimit"
     # catalogue (is a backup's data still in the bucket)
     DATA_PRESENT = "DataPresent"
     DATA_EXPIRED = "DataExpired"
@@ -277,6 +278,7 @@ REASONS_BY_CONDITION: dict[ConditionType, frozenset[Reason]] = {
             Reason.LIFECYCLE_IN_SYNC,
             Reason.LIFECYCLE_OUT_OF_SYNC,
             Reason.LIFECYCLE_UPDATE_FAILED,
+            Reason.LIFECYCLE_RULE_LIMIT,
             Reason.PREFIX_OVERLAP,
             Reason.INVALID_SPEC,
             Reason.STORAGE_UNREACHABLE,

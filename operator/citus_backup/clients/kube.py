@@ -20,12 +20,22 @@ import base64
 import contextlib
 import json
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from kubernetes import config
-from kubernetes.client import ApiClient, BatchV1Api, CoreV1Api, CustomObjectsApi, V1Job, V1Pod
+from kubernetes.client import (
+    ApiClient,
+    BatchV1Api,
+    Configuration,
+    CoreV1Api,
+    CustomObjectsApi,
+    V1Job,
+    V1Pod,
+)
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
@@ -44,6 +54,15 @@ CONFLICT_RETRY_DELAY = 1.0
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 #: Seconds a single API request may take.
 REQUEST_TIMEOUT = 30
+#: Kept-alive connections to the API server (see api_client()): at least the
+#: worker threads that call it (operator_main.WORKER_THREADS plus asyncio's).
+CONNECTION_POOL_SIZE = 24
+#: Seconds a Secret read is reused. Every look at a policy (scheduler, lifecycle
+#: rules, catalogue) checks its Secrets, and the policies of a namespace mostly
+#: share them: with 1,000 policies this was most of an idle operator's API
+#: requests. A changed or deleted Secret shows in the policy's status at most
+#: this late; Job pods read Secrets themselves (secretKeyRef), never this cache.
+SECRET_TTL = 15.0
 
 
 class NotFoundError(PermanentError):
@@ -114,10 +133,21 @@ def _read(call: Callable[[], T], what: str) -> T | None:
 class KubeCluster:
     """:class:`~citus_backup.reconcile.ports.Cluster` over a ``kubernetes.client.ApiClient``."""
 
-    def __init__(self, api_client: ApiClient) -> None:
+    def __init__(
+        self,
+        api_client: ApiClient,
+        *,
+        secret_ttl: float = SECRET_TTL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._custom = CustomObjectsApi(api_client)
         self._core = CoreV1Api(api_client)
         self._batch = BatchV1Api(api_client)
+        self._secret_ttl = secret_ttl
+        self._clock = clock
+        #: (namespace, name) -> (read at, data): see SECRET_TTL. Values stay in memory only.
+        self._secrets: dict[tuple[str, str], tuple[float, Mapping[str, bytes]]] = {}
+        self._secrets_lock = threading.Lock()
 
     # ----------------------------------------------------------------- custom objects
 
@@ -179,6 +209,26 @@ class KubeCluster:
     # ----------------------------------------------------------------- secrets, config maps
 
     def secret_data(self, namespace: str, name: str) -> Mapping[str, bytes] | None:
+        """The Secret's data, read at most once per ``secret_ttl`` seconds (a missing
+        Secret is not remembered: once created it is seen at the next look)."""
+        key = (namespace, name)
+        now = self._clock()
+        with self._secrets_lock:
+            cached = self._secrets.get(key)
+            if cached is not None and now - cached[0] < self._secret_ttl:
+                return cached[1]
+        data = self._read_secret(namespace, name)
+        with self._secrets_lock:
+            if data is None:
+                self._secrets.pop(key, None)
+            else:
+                self._secrets[key] = (now, data)
+            # Forget entries past their time, so Secrets no longer asked for are not kept.
+            for old in [k for k, (at, _) in self._secrets.items() if now - at >= self._secret_ttl]:
+                del self._secrets[old]
+        return data
+
+    def _read_secret(self, namespace: str, name: str) -> Mapping[str, bytes] | None:
         secret = _read(
             lambda: self._core.read_namespaced_secret(
                 name, namespace, _request_timeout=REQUEST_TIMEOUT
@@ -283,14 +333,19 @@ def _naive_utc(value: datetime) -> datetime:
 
 def api_client() -> ApiClient:
     """A client from ``KUBECONFIG`` (or ~/.kube/config), else the in-cluster ServiceAccount."""
+    configuration = Configuration()
     kubeconfig = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
     if os.path.exists(kubeconfig.split(os.pathsep)[0]):
-        client: ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
-            config_file=kubeconfig
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, client_configuration=configuration
         )
-        return client
-    config.load_incluster_config()  # type: ignore[no-untyped-call]
-    return ApiClient()
+    else:
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    # One kept-alive connection per worker thread (kopf's and asyncio's): with the
+    # default (5 per CPU) a busy operator discarded connections and paid a TLS
+    # handshake for most requests.
+    configuration.connection_pool_maxsize = CONNECTION_POOL_SIZE
+    return ApiClient(configuration)
 
 
 #: kopf's peering resources (manifests/peering.yaml).

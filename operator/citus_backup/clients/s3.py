@@ -21,6 +21,7 @@ filters) would lose them — acceptable for MinIO, noted in the docs.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -225,6 +226,9 @@ class BucketClient:
         self.location = location
         self.bucket = location.bucket
         self._url = f"{'https' if location.secure else 'http'}://{location.endpoint}"
+        self._identity = hashlib.sha256(
+            "\0".join((repr(location), access_key, secret_key)).encode()
+        ).hexdigest()
         self.client = client or Minio(
             location.endpoint,
             secure=location.secure,
@@ -237,6 +241,13 @@ class BucketClient:
                 retries=urllib3.Retry(total=2, backoff_factor=0.5, status_forcelist=[502, 503]),
             ),
         )
+
+    @property
+    def identity(self) -> str:
+        """Same value for two clients exactly when they reach the same bucket as the
+        same user: lifecycle writes of such clients may be batched (a digest: the
+        secret key is not kept in the value)."""
+        return self._identity
 
     def _error(self, exc: BaseException, what: str) -> CitusBackupError:
         return translate(sdk_error(exc), f"{what} s3://{self.bucket}", self._url)

@@ -8,8 +8,12 @@ Handlers, registered explicitly on a registry by :func:`register`:
   the verification schedule's), at most ``--schedule-interval`` seconds, or
   until its spec changes (a watch event with a new generation wakes it;
   status writes do not). An idle policy
-  costs one look per ``--schedule-interval`` (default 300 s) instead of one
-  every few seconds, and a run starts within milliseconds of its time;
+  costs one look per ``--schedule-interval`` (default 300 s, jittered) instead
+  of one every few seconds, and a run starts within milliseconds of its time.
+  The look reads the policy from kopf's watch (``body``), not with a GET. The
+  same daemon runs the retention controller's periodic pass (drift check,
+  catalogue) every ``periodic.interval`` seconds, jittered: one periodic task
+  per policy, not two;
 * every CitusBackup / CitusRestore that has not finished: a timer, one look
   at its Job (:mod:`citus_backup.reconcile.backup`,
   :mod:`citus_backup.reconcile.restore`). The ``when`` filter stops the timer
@@ -32,10 +36,13 @@ status by the reconcilers themselves, so nothing is retried in a storm.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
-from collections.abc import Callable, Iterator
+import math
+import random
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import kopf
 
@@ -55,6 +62,10 @@ DEFAULT_SCHEDULE_INTERVAL = 300.0
 FIRE_SLACK = 0.05
 #: Seconds a policy's daemon waits after an unexpected error before looking again.
 ERROR_DELAY = 30.0
+#: Periodic sleeps last between this share of their interval and all of it.
+JITTER_LOW = 0.8
+#: Seconds early a wake may come and still run the periodic pass (timer slack).
+PASS_TOLERANCE = 1.0
 _FINISHED = ("Succeeded", "Failed")
 logger = logging.getLogger(__name__)
 
@@ -72,13 +83,30 @@ def _retry_transient() -> Iterator[None]:
         raise kopf.TemporaryError(f"[{err.reason}] {err.message}", delay=err.delay) from None
 
 
+class PeriodicPass(Protocol):
+    """Work a policy's daemon does every ``interval`` seconds besides scheduling
+    (the retention controller's drift check and catalogue)."""
+
+    interval: float
+
+    def periodic(
+        self, name: str, namespace: str, body: Mapping[str, Any], *, catalogue: bool
+    ) -> None: ...
+
+
 def register(
     registry: kopf.OperatorRegistry,
     deps: Deps,
     *,
     schedule_interval: float = DEFAULT_SCHEDULE_INTERVAL,
+    periodic: PeriodicPass | None = None,
+    catalogue_every: int = 6,
 ) -> None:
-    """Register the handlers on ``registry`` with ``deps`` (clients, image, intervals)."""
+    """Register the handlers on ``registry`` with ``deps`` (clients, image, intervals).
+
+    ``periodic``: called from each policy's daemon every ``periodic.interval``
+    seconds (jittered), with ``catalogue=True`` on every ``catalogue_every``-th call.
+    """
     policies = PolicyReconciler(deps)
     backups = BackupReconciler(deps)
     restores = RestoreReconciler(deps)
@@ -105,15 +133,32 @@ def register(
         namespace: str | None,
         stopped: kopf.DaemonStopped,
         memo: kopf.Memo,
+        body: kopf.Body,
         **_: Any,
     ) -> None:
         wake = _wake_event(memo)
+        loop = asyncio.get_running_loop()
+        # The create/resume handlers did the first sync: the first periodic pass is
+        # due within one interval, spread so that policies applied together (or
+        # resumed together at start-up) do not all pass at the same moment.
+        passes = 0
+        next_pass = loop.time() + _jittered(periodic.interval, low=0.5) if periodic else math.inf
         while not stopped:
             wake.clear()  # before the look: a change during it wakes the next wait
-            delay = await _look(policies, name, namespace or "")
+            # kopf keeps ``body`` current from its watch: the look reads no policy.
+            delay = await _look(policies, name, namespace or "", _snapshot(body))
             if delay is None:
                 return
-            await _sleep(min(delay + FIRE_SLACK, schedule_interval), wake, stopped)
+            if periodic is not None and loop.time() >= next_pass - PASS_TOLERANCE:
+                retry = await _pass(
+                    periodic, name, namespace or "", _snapshot(body), passes % catalogue_every == 0
+                )
+                passes += 1
+                next_pass = loop.time() + (retry or _jittered(periodic.interval))
+            # One wake serves both the look and the pass: with equal intervals (the
+            # default) the pass's jittered time comes first and the look rides along.
+            sleep = min(delay + FIRE_SLACK, schedule_interval, next_pass - loop.time())
+            await _sleep(max(sleep, 0.0), wake, stopped)
 
     @kopf.on.event(GROUP, VERSION, Kind.POLICY.value, id="schedule-wake", registry=registry)
     async def policy_event(memo: kopf.Memo, meta: kopf.Meta, **_: Any) -> None:
@@ -158,16 +203,44 @@ def _wake_event(memo: kopf.Memo) -> asyncio.Event:
     return event
 
 
-async def _look(policies: PolicyReconciler, name: str, namespace: str) -> float | None:
+def _snapshot(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of kopf's live view (it changes under a worker thread otherwise)."""
+    return copy.deepcopy(dict(body))
+
+
+async def _look(
+    policies: PolicyReconciler, name: str, namespace: str, body: dict[str, Any] | None = None
+) -> float | None:
     """One reconcile in a worker thread; the seconds to sleep after it."""
     try:
-        return await asyncio.to_thread(policies.reconcile, name, namespace)
+        return await asyncio.to_thread(policies.reconcile, name, namespace, body)
     except TransientError as err:
         logger.info("policy %s/%s: [%s] %s", namespace, name, err.reason, err.message)
         return err.delay
     except Exception:
         logger.exception("policy %s/%s: unexpected error; looking again later", namespace, name)
         return ERROR_DELAY
+
+
+def _jittered(seconds: float, low: float = JITTER_LOW) -> float:
+    """``seconds`` times a random factor in [low, 1]: periodic work of many policies
+    spreads over time instead of arriving in bursts."""
+    return seconds * random.uniform(low, 1.0)  # noqa: S311 - not for cryptography
+
+
+async def _pass(
+    periodic: PeriodicPass, name: str, namespace: str, body: dict[str, Any], catalogue: bool
+) -> float | None:
+    """One periodic pass in a worker thread; a delay to retry after, or None."""
+    try:
+        await asyncio.to_thread(periodic.periodic, name, namespace, body, catalogue=catalogue)
+    except TransientError as err:
+        logger.info("policy %s/%s: retention: [%s] %s", namespace, name, err.reason, err.message)
+        return err.delay
+    except Exception:
+        logger.exception("policy %s/%s: retention pass failed; trying again later", namespace, name)
+        return ERROR_DELAY
+    return None
 
 
 async def _sleep(seconds: float, wake: asyncio.Event, stopped: kopf.DaemonStopped) -> None:

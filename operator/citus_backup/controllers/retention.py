@@ -12,10 +12,14 @@ CitusBackups.
 
 Handlers (registered by :func:`register` on the operator's registry):
 
-* on policy create / update (spec) / resume and every ``interval`` seconds
-  (default 60, ``$CITUS_BACKUP_LIFECYCLE_INTERVAL``): :meth:`RetentionController.sync`
-  — overlap check, finalizer, rules read-merge-write, status, Events;
-  the timer also runs :meth:`RetentionController.sync_catalogue`;
+* on policy create / update (spec) / resume: :meth:`RetentionController.sync`
+  — overlap check, finalizer, rules read-merge-write (batched per bucket:
+  :mod:`citus_backup.reconcile.groupcommit`), status, Events;
+* every ``interval`` seconds (default 300, ``$CITUS_BACKUP_LIFECYCLE_INTERVAL``,
+  jittered) the policy's scheduler daemon calls :meth:`RetentionController.periodic`:
+  the same sync as a drift check, and on every ``CATALOGUE_EVERY``-th pass
+  :meth:`RetentionController.sync_catalogue`. Not a kopf timer of its own: one
+  periodic task per policy, not two, is what keeps 1,000 policies cheap;
 * on policy deletion: :meth:`RetentionController.finalize` removes this
   policy's rules (never anyone else's), deletes the data only when
   ``spec.deleteDataOnPolicyDeletion`` is true, then drops our finalizer.
@@ -39,9 +43,11 @@ scheduler's conditions (409 → re-read, up to ``CONFLICT_ATTEMPTS``).
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -57,16 +63,21 @@ from citus_backup.clients.s3 import BucketClient, S3Location
 from citus_backup.errors import CitusBackupError, PermanentError, TransientError
 from citus_backup.reconcile import catalogue
 from citus_backup.reconcile.common import NORMAL, WARNING, Deps, parse, read_secret_value
+from citus_backup.reconcile.groupcommit import GroupCommit
 from citus_backup.reconcile.lifecycle import (
+    RuleLimitError,
+    RuleRequest,
+    SyncResult,
     lifecycle_status,
     overlap_message,
     overlapping_policy,
+    policy_request,
     remove_rules,
-    sync_rules,
+    sync_many,
 )
 from citus_backup.reconcile.ports import Kind
 from citus_backup.runner.manifest import Manifest
-from citus_backup.specs.lifecycle import policy_prefix
+from citus_backup.specs.lifecycle import policy_prefix, rules_in_sync, summarize
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +94,15 @@ DEFAULT_INTERVAL = 300.0
 #: ``status.lifecycle.lastSyncTime`` (otherwise it writes nothing).
 LAST_SYNC_REFRESH = 3600.0
 INTERVAL_ENV = "CITUS_BACKUP_LIFECYCLE_INTERVAL"
+#: A drift check reuses the bucket's rules read by another policy's drift check
+#: less than interval / RULES_SEEN_SHARE ago (60 s at the default interval): one
+#: read per bucket serves its policies; writes invalidate it.
+RULES_SEEN_SHARE = 5
+#: Every this many drift checks also read the policy's catalogue (expired
+#: backups, sets to import): 30 min at the default interval. Expiry is
+#: day-granular and imports are rare, and each catalogue pass lists the bucket
+#: prefix and the namespace's backups.
+CATALOGUE_EVERY = 6
 #: Attempts to reach the bucket when a policy is deleted before giving up (about
 #: FINALIZE_RETRIES x FINALIZE_DELAY seconds).
 FINALIZE_RETRIES = 10
@@ -101,6 +121,7 @@ _KNOWN_REASONS = {
     Reason.SECRET_KEY_MISSING,
     Reason.BUCKET_NOT_FOUND,
     Reason.INVALID_SPEC,
+    Reason.LIFECYCLE_RULE_LIMIT,
 }
 
 BucketFactory = Callable[[CitusBackupPolicy], BucketClient]
@@ -219,6 +240,12 @@ class RetentionController:
         #: namespace -> name -> policy, fed by watch events (see _policies).
         self._index: dict[str, dict[str, CitusBackupPolicy]] = {}
         self._index_lock = threading.Lock()
+        #: Seconds between two drift checks of a policy (set by :func:`register`).
+        self.interval = DEFAULT_INTERVAL
+        #: BucketClient.identity -> (monotonic time, rules) last read by a drift check.
+        self._rules_seen: dict[str, tuple[float, list[Any]]] = {}
+        #: Lifecycle writes batched per bucket and credentials (see _sync_rules).
+        self._batches: GroupCommit[str, RuleRequest, SyncResult | RuleLimitError] = GroupCommit()
 
     # ------------------------------------------------------------------ helpers
 
@@ -304,14 +331,26 @@ class RetentionController:
 
     # ------------------------------------------------------------------ rules
 
-    def sync(self, name: str, namespace: str) -> None:
-        """One pass over the policy's lifecycle rules (idempotent)."""
+    def sync(
+        self,
+        name: str,
+        namespace: str,
+        body: Mapping[str, Any] | None = None,
+        *,
+        drift_check: bool = False,
+    ) -> None:
+        """One pass over the policy's lifecycle rules (idempotent).
+
+        ``body``: the policy as kopf's watch last saw it (saves a GET); a status
+        conflict means it was stale, and the next attempt reads the policy.
+        """
         with self.deps.locked("CitusBackupPolicy/lifecycle", namespace, name):
             for _ in range(CONFLICT_ATTEMPTS):
                 try:
-                    self._sync(name, namespace)
+                    self._sync(name, namespace, body, drift_check=drift_check)
                     return
                 except StatusConflict:
+                    body = None
                     continue
             raise TransientError(
                 f"policy {namespace}/{name} kept changing; lifecycle status not written",
@@ -319,8 +358,10 @@ class RetentionController:
                 delay=1.0,
             )
 
-    def _sync(self, name: str, namespace: str) -> None:
-        body = self.deps.cluster.get(Kind.POLICY, namespace, name)
+    def _sync(
+        self, name: str, namespace: str, seen: Mapping[str, Any] | None, *, drift_check: bool
+    ) -> None:
+        body = self.deps.cluster.get(Kind.POLICY, namespace, name) if seen is None else dict(seen)
         if body is None or body.get("metadata", {}).get("deletionTimestamp"):
             return
         try:
@@ -354,14 +395,10 @@ class RetentionController:
             if self.finalizers is not None:
                 self.finalizers.add(body)
             endpoint = policy.spec.storage.endpoint.lower()
-            with self._bucket_lock(policy):
-                result = sync_rules(
-                    store,
-                    policy,
-                    namespace,
-                    last_synced=last,
-                    abort_multipart=endpoint not in self.no_abort_multipart,
-                )
+            request = policy_request(policy, namespace, last_synced=last)
+            result = (drift_check and self._seen_in_sync(store, endpoint, request)) or (
+                self._sync_rules(store, endpoint, request)
+            )
             if result.abort_multipart_supported is False:
                 self.no_abort_multipart.add(endpoint)
         except CitusBackupError as err:
@@ -392,6 +429,55 @@ class RetentionController:
                 now=self.deps.clock(),
             ),
         )
+
+    def _seen_in_sync(
+        self, store: BucketClient, endpoint: str, request: RuleRequest
+    ) -> SyncResult | None:
+        """For a drift check: the request is in sync with the bucket's rules as read
+        less than interval / RULES_SEEN_SHARE ago by any policy of the bucket (one read serves
+        them all); None when it is not, or nothing recent was read."""
+        key, now = store.identity, time.monotonic()
+        with self._index_lock:
+            seen = self._rules_seen.get(key)
+        if seen is None or now - seen[0] >= self.interval / RULES_SEEN_SHARE:
+            rules = store.get_rules()
+            with self._index_lock:
+                self._rules_seen[key] = (now, rules)
+        else:
+            rules = seen[1]
+        owned = request.owned
+        if endpoint in self.no_abort_multipart:
+            owned = tuple(r for r in owned if "AbortIncompleteMultipartUpload" not in r)
+        if not rules_in_sync(rules, owned, request.owner_prefix):
+            return None
+        return SyncResult(
+            owned,
+            True,
+            False,
+            summary=summarize(owned),
+            abort_multipart_supported=False if endpoint in self.no_abort_multipart else None,
+        )
+
+    def _sync_rules(self, store: BucketClient, endpoint: str, request: RuleRequest) -> SyncResult:
+        """This policy's rules written together with those of every policy of the same
+        bucket (and credentials) syncing at the same moment: one read and at most
+        one write per batch (:mod:`citus_backup.reconcile.groupcommit`)."""
+
+        def run(requests: Sequence[RuleRequest]) -> list[SyncResult | RuleLimitError]:
+            with self.deps.locked("bucket-lifecycle", endpoint, store.bucket):
+                try:
+                    outcomes = sync_many(
+                        store, requests, abort_multipart=endpoint not in self.no_abort_multipart
+                    )
+                finally:
+                    with self._index_lock:  # the drift checks' copy is stale now
+                        self._rules_seen.pop(store.identity, None)
+            return [outcomes[r.owner_prefix] for r in requests]
+
+        outcome = self._batches.submit(store.identity, request, run)
+        if isinstance(outcome, RuleLimitError):
+            raise outcome
+        return outcome
 
     def _recorded(self, policy: CitusBackupPolicy, summary: Sequence[Any], message: str) -> bool:
         """The status already says "in sync" with these rules and this message, written
@@ -478,11 +564,33 @@ class RetentionController:
             if fresh is not None:
                 self.finalizers.remove(fresh)
 
+    # ------------------------------------------------------------------ periodic pass
+
+    def periodic(
+        self, name: str, namespace: str, body: Mapping[str, Any], *, catalogue: bool
+    ) -> None:
+        """The drift check of one policy's rules (and, when ``catalogue``, its catalogue).
+
+        Called by the policy's scheduler daemon every :attr:`interval` seconds
+        (jittered, :mod:`citus_backup.controllers`): one periodic task per policy
+        instead of two. Changes of the policy are synced at once by the
+        create/update handlers; this pass only finds what changed in the bucket.
+        """
+        self.sync(name, namespace, body, drift_check=True)
+        if catalogue:
+            self.sync_catalogue(name, namespace, body)
+
     # ------------------------------------------------------------------ catalogue
 
-    def sync_catalogue(self, name: str, namespace: str) -> None:
-        """Mark expired CitusBackups, import unknown complete sets (see :mod:`.catalogue`)."""
-        body = self.deps.cluster.get(Kind.POLICY, namespace, name)
+    def sync_catalogue(
+        self, name: str, namespace: str, body: Mapping[str, Any] | None = None
+    ) -> None:
+        """Mark expired CitusBackups, import unknown complete sets (see :mod:`.catalogue`).
+
+        ``body``: the policy as kopf's watch last saw it (else it is read).
+        """
+        if body is None:
+            body = self.deps.cluster.get(Kind.POLICY, namespace, name)
         if body is None or body.get("metadata", {}).get("deletionTimestamp"):
             return
         try:
@@ -572,15 +680,9 @@ def register(
     @kopf.on.resume(GROUP, VERSION, plural, registry=registry, id="lifecycle-resume")
     @kopf.on.create(GROUP, VERSION, plural, registry=registry, id="lifecycle-create")
     @kopf.on.update(GROUP, VERSION, plural, registry=registry, id="lifecycle-update", field="spec")
-    def lifecycle_changed(name: str, namespace: str | None, **_: Any) -> None:
-        transient(lambda: ctl.sync(name, namespace or ""))
-
-    @kopf.timer(
-        GROUP, VERSION, plural, interval=every, backoff=every, registry=registry, id="lifecycle"
-    )
-    def lifecycle_tick(name: str, namespace: str | None, **_: Any) -> None:
-        transient(lambda: ctl.sync(name, namespace or ""))
-        transient(lambda: ctl.sync_catalogue(name, namespace or ""))
+    def lifecycle_changed(name: str, namespace: str | None, body: kopf.Body, **_: Any) -> None:
+        seen = copy.deepcopy(dict(body))  # kopf's view of the event: no GET
+        transient(lambda: ctl.sync(name, namespace or "", seen))
 
     @kopf.on.event(GROUP, VERSION, plural, registry=registry, id="lifecycle-index")
     def policy_seen(type: str, body: kopf.Body, **_: Any) -> None:
@@ -591,5 +693,6 @@ def register(
     def lifecycle_deleted(body: kopf.Body, retry: int, **_: Any) -> None:
         transient(lambda: ctl.finalize(dict(body), retry))
 
-    del lifecycle_changed, lifecycle_tick, lifecycle_deleted, policy_seen
+    del lifecycle_changed, lifecycle_deleted, policy_seen
+    ctl.interval = every
     return ctl

@@ -28,6 +28,7 @@ the controller sets LifecycleInSync=False, reason PrefixOverlap).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -116,6 +117,147 @@ def _without_abort(rules: Sequence[Rule]) -> list[Rule]:
     return [r for r in rules if "AbortIncompleteMultipartUpload" not in r]
 
 
+@dataclass(frozen=True)
+class RuleRequest:
+    """One policy's wish for a bucket: exactly ``owned`` under its ID prefix."""
+
+    owner_prefix: str
+    owned: tuple[Rule, ...]
+    #: ``status.lifecycle.rules`` when the status said inSync (drift vs spec change).
+    last_synced: tuple[LifecycleRuleSummary, ...] | None = None
+    #: Admission order under the rule limit: (creation time, namespace, name).
+    order: tuple[str, str, str] = ("", "", "")
+
+
+class RuleLimitError(PermanentError):
+    """The bucket's configuration would exceed :data:`MAX_RULES` with this policy's rules."""
+
+
+#: Rules one lifecycle configuration may hold (S3's documented limit; MinIO
+#: enforces the same). A policy whose rules do not fit is refused (condition
+#: LifecycleInSync=False, reason LifecycleRuleLimit); everyone else's rules,
+#: and the rules the refused policy already had, stay as they are.
+MAX_RULES = 1000
+
+
+def policy_request(
+    policy: CitusBackupPolicy,
+    namespace: str | None = None,
+    *,
+    last_synced: Sequence[LifecycleRuleSummary] | None = None,
+) -> RuleRequest:
+    """The :class:`RuleRequest` of ``policy`` (pure)."""
+    ns = namespace or policy.namespace or ""
+    created = policy.metadata.creation_timestamp
+    return RuleRequest(
+        owner_prefix=owner_id_prefix(ns, policy.name),
+        owned=tuple(build_rules(policy, ns)),
+        last_synced=None if last_synced is None else tuple(last_synced),
+        order=(created.isoformat() if created else "9999", ns, policy.name),
+    )
+
+
+def _plan(
+    existing: Sequence[Rule],
+    requests: Sequence[RuleRequest],
+    max_rules: int,
+) -> tuple[list[Rule] | None, dict[str, SyncResult | RuleLimitError]]:
+    """The configuration to write for ``requests`` (None: nothing to write) and each
+    request's outcome, as if written. Pure.
+
+    Requests already in sync are left alone. The others are admitted oldest
+    policy first while the configuration stays within ``max_rules``; a request
+    that does not fit keeps whatever rules it had and gets a RuleLimitError.
+    """
+    outcomes: dict[str, SyncResult | RuleLimitError] = {}
+    todo = []
+    for req in requests:
+        if rules_in_sync(existing, req.owned, req.owner_prefix):
+            outcomes[req.owner_prefix] = SyncResult(
+                req.owned, True, False, summary=summarize(req.owned)
+            )
+        else:
+            todo.append(req)
+    if not todo:
+        return None, outcomes
+    rules = [dict(r) for r in existing]
+    admitted = []
+    for req in sorted(todo, key=lambda r: r.order):
+        candidate = merge(rules, req.owned, req.owner_prefix)
+        if len(candidate) > max_rules:
+            outcomes[req.owner_prefix] = RuleLimitError(
+                f"the bucket's lifecycle configuration would hold {len(candidate)} rules with "
+                f"this policy's {len(req.owned)}, more than the {max_rules} S3 allows: no rules "
+                "were written for this policy (its earlier rules, if any, are unchanged); use "
+                "another bucket, or remove policies or rules from this one",
+                reason=Reason.LIFECYCLE_RULE_LIMIT,
+            )
+            continue
+        rules = candidate
+        admitted.append(req)
+    for req in admitted:
+        summary = summarize(req.owned)
+        missing, modified, unexpected = _diff(existing, req.owned, req.owner_prefix)
+        outcomes[req.owner_prefix] = SyncResult(
+            req.owned,
+            False,
+            True,
+            drift_repaired=req.last_synced is not None and req.last_synced == summary,
+            missing=missing,
+            modified=modified,
+            unexpected=unexpected,
+            summary=summary,
+        )
+    return (rules if admitted else None), outcomes
+
+
+def _strip_abort(req: RuleRequest) -> RuleRequest:
+    return RuleRequest(
+        req.owner_prefix, tuple(_without_abort(req.owned)), req.last_synced, req.order
+    )
+
+
+def sync_many(
+    store: RuleStore,
+    requests: Sequence[RuleRequest],
+    *,
+    abort_multipart: bool = True,
+    max_rules: int = MAX_RULES,
+) -> dict[str, SyncResult | RuleLimitError]:
+    """Make the bucket hold each request's rules next to everyone else's: one read
+    and at most one write for all of them (one PUT per bucket, not per policy).
+
+    ``abort_multipart=False`` leaves out the abort-incomplete-multipart-uploads
+    rule: MinIO rejects that action (it aborts stale uploads itself, after 24 h
+    by default). When a write including it is refused, the write is retried
+    once without it and every result says ``abort_multipart_supported=False``
+    (the caller remembers it for the endpoint so that later passes compare
+    without it). Outcomes are keyed by ``owner_prefix``.
+    """
+    if not abort_multipart:
+        requests = [_strip_abort(r) for r in requests]
+    existing = store.get_rules()
+    config, outcomes = _plan(existing, requests, max_rules)
+    if config is None:
+        return outcomes
+    try:
+        store.put_rules(config)
+        return outcomes
+    except PermanentError:
+        stripped = [_strip_abort(r) for r in requests]
+        if all(len(a.owned) == len(b.owned) for a, b in zip(requests, stripped, strict=True)):
+            raise
+    config, outcomes = _plan(existing, stripped, max_rules)
+    if config is not None:
+        store.put_rules(config)
+    return {
+        key: dataclasses.replace(value, abort_multipart_supported=False)
+        if isinstance(value, SyncResult)
+        else value
+        for key, value in outcomes.items()
+    }
+
+
 def sync_rules(
     store: RuleStore,
     policy: CitusBackupPolicy,
@@ -123,54 +265,16 @@ def sync_rules(
     *,
     last_synced: Sequence[LifecycleRuleSummary] | None = None,
     abort_multipart: bool = True,
+    max_rules: int = MAX_RULES,
 ) -> SyncResult:
-    """Make the bucket hold exactly ``policy``'s rules next to everyone else's.
-
-    ``last_synced``: ``status.lifecycle.rules`` when the status said inSync
-    (used only to tell drift from a spec change). ``abort_multipart=False``
-    leaves out the abort-incomplete-multipart-uploads rule: MinIO rejects that
-    action (it aborts stale uploads itself, after 24 h by default). When a
-    write including it is refused, the write is retried once without it and
-    the result says ``abort_multipart_supported=False`` (the caller remembers
-    it for the endpoint so that later passes compare without it).
-    """
-    ns = namespace or policy.namespace or ""
-    prefix = owner_id_prefix(ns, policy.name)
-    owned = build_rules(policy, ns)
-    if not abort_multipart:
-        owned = _without_abort(owned)
-    existing = store.get_rules()
-    if rules_in_sync(existing, owned, prefix):
-        return SyncResult(
-            tuple(owned), True, False, summary=summarize(owned), abort_multipart_supported=None
-        )
-    supported: bool | None = None
-    try:
-        store.put_rules(merge(existing, owned, prefix))
-    except PermanentError:
-        if len(_without_abort(owned)) == len(owned):
-            raise
-        owned = _without_abort(owned)
-        supported = False
-        if rules_in_sync(existing, owned, prefix):  # e.g. first pass after an operator restart
-            return SyncResult(
-                tuple(owned), True, False, summary=summarize(owned), abort_multipart_supported=False
-            )
-        store.put_rules(merge(existing, owned, prefix))
-    summary = summarize(owned)
-    missing, modified, unexpected = _diff(existing, owned, prefix)
-    drift = last_synced is not None and tuple(last_synced) == summary
-    return SyncResult(
-        tuple(owned),
-        False,
-        True,
-        drift_repaired=drift,
-        missing=missing,
-        modified=modified,
-        unexpected=unexpected,
-        summary=summary,
-        abort_multipart_supported=supported,
-    )
+    """:func:`sync_many` for one policy (raises its RuleLimitError)."""
+    request = policy_request(policy, namespace, last_synced=last_synced)
+    outcome = sync_many(store, [request], abort_multipart=abort_multipart, max_rules=max_rules)[
+        request.owner_prefix
+    ]
+    if isinstance(outcome, RuleLimitError):
+        raise outcome
+    return outcome
 
 
 def remove_rules(store: RuleStore, namespace: str, policy_name: str) -> bool:

@@ -1,8 +1,9 @@
 """CitusBackupPolicy: the in-operator scheduler, and the policy's status.
 
 Scheduling runs in the operator (as Velero and CloudNativePG do), from a kopf
-timer that calls :meth:`PolicyReconciler.reconcile` every few seconds. Each
-call is idempotent:
+daemon per policy that calls :meth:`PolicyReconciler.reconcile` at each fire
+time, on spec changes and at least every ``--schedule-interval`` seconds
+(:mod:`citus_backup.controllers`). Each call is idempotent:
 
 1. Check the Secrets the Jobs will need (condition Ready; a Warning Event
    only when the reason changes, so a missing Secret is not a storm).
@@ -294,11 +295,22 @@ class PolicyReconciler:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
 
-    def reconcile(self, name: str, namespace: str) -> float | None:
+    def reconcile(
+        self, name: str, namespace: str, body: Mapping[str, Any] | None = None
+    ) -> float | None:
         """One look at the policy; the seconds until the next one is due (the next
-        fire time of its schedule or verification schedule), None if it is gone."""
+        fire time of its schedule or verification schedule), None if it is gone.
+
+        ``body``: the policy as the operator's watch last saw it (kopf's view),
+        which saves a GET per look; without it the policy is read. A stale view
+        is harmless: the status patch is guarded by its resourceVersion (a
+        conflict re-reads the policy) and backup names are deterministic.
+        """
         with self.deps.locked("CitusBackupPolicy", namespace, name):
-            body = self.deps.cluster.get(Kind.POLICY, namespace, name)
+            if body is None:
+                body = self.deps.cluster.get(Kind.POLICY, namespace, name)
+            else:
+                body = dict(body)
             if body is None or body.get("metadata", {}).get("deletionTimestamp"):
                 return None
             try:

@@ -18,8 +18,10 @@ import logging
 import re
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from citus_backup.runner import pg
+if TYPE_CHECKING:  # the operator imports this module for parse_beacon: no psycopg for it
+    from citus_backup.runner import pg
 
 log = logging.getLogger("citus_backup.runner")
 

@@ -17,8 +17,6 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from psycopg.conninfo import make_conninfo
-
 from citus_backup.errors import PermanentError
 
 #: Seconds libpq waits for a connection when PGCONNECT_TIMEOUT is not set.
@@ -200,6 +198,9 @@ class PgConfig:
 
         Host, user, password, ... come from :meth:`child_env`, which libpq reads.
         """
+        # Imported here: the operator imports this module (S3 settings) without psycopg.
+        from psycopg.conninfo import make_conninfo  # noqa: PLC0415
+
         return make_conninfo("", dbname=database)
 
 
