@@ -23,6 +23,7 @@ Results: ``bench/results/scale-<time>.json`` and a markdown table on stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -32,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -142,23 +144,108 @@ def converged(custom: client.CustomObjectsApi, namespaces: list[str], n: int) ->
     return done
 
 
-def run_one(  # noqa: PLR0915 - one linear measurement
-    n: int, buckets: int, idle: float, timeout: float, work: Path, *, fire: int = 0, rounds: int = 0
-) -> dict[str, Any]:
-    logs = work / f"logs-{n}"
-    logs.mkdir(parents=True)
+def operator_pid_in_pod() -> int | None:
+    """The deployed operator's process on this host (containers are host processes)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"operator" in argv and any(a.startswith(b"--peering=") for a in argv):
+            return int(proc.name)
+    return None
+
+
+@contextlib.contextmanager
+def process_operator(
+    n: int, work: Path, logs: Path
+) -> Iterator[tuple[KubeInfo, MinioInfo, Callable[[], int]]]:
+    """A fresh control plane and MinIO, the operator as a process with its RBAC."""
     kube_cluster = KubeCluster(work / f"kube-{n}", logs)
     minio_server = Minio(work / f"minio-{n}", logs)
-    kube = kube_cluster.start()
-    minio = minio_server.start()
     proc: subprocess.Popen[bytes] | None = None
     try:
+        kube = kube_cluster.start()
+        minio = minio_server.start()
         for path in ("crds", "peering.yaml", "namespace.yaml", "rbac.yaml"):
             kubectl(kube, "apply", "--server-side", "-f", str(REPO / "manifests" / path))
         kubectl(kube, "wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
         sa_config = kube.mint_sa_kubeconfig(
             "citus-backup-system", "citus-backup-operator", work / f"operator-{n}.kubeconfig"
         )
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(work),
+            "KUBECONFIG": str(sa_config),
+            "PYTHONPATH": str(REPO / "operator"),
+        }
+        metrics_port = free_port()
+        with (logs / "operator.log").open("wb") as log:
+            proc = subprocess.Popen(
+                [
+                    sys.executable, "-m", "citus_backup.cli", "operator", "-A", "--standalone",
+                    f"--metrics-port={metrics_port}", "--metrics-address=127.0.0.1",
+                ],
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            )  # fmt: skip
+        time.sleep(5)  # the operator's start-up (imports, first listing)
+        pid = proc.pid
+        yield kube, minio, lambda: pid
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        minio_server.stop()
+        kube_cluster.stop()
+
+
+@contextlib.contextmanager
+def deployed_operator(
+    work: Path, logs: Path
+) -> Iterator[tuple[KubeInfo, MinioInfo, Callable[[], int]]]:
+    """The real local node (hack/localenv: kubelet, containerd, the project's image)
+    with the operator installed by ``kubectl apply -k manifests/``, as users run it
+    (peering on, the Deployment's requests and limits)."""
+    from localenv.stack import NodeStack  # noqa: PLC0415 - needs root; only here
+
+    stack = NodeStack(work / "stack", logs, owner="bench/scale.py --deployed")
+    try:
+        info = stack.start()
+        kubectl(info.kube, "apply", "-k", str(REPO / "manifests"))
+        kubectl(
+            info.kube, "-n", "citus-backup-system", "rollout", "status",
+            "deployment/citus-backup-operator", "--timeout=300s",
+        )  # fmt: skip
+        time.sleep(5)
+        pid = operator_pid_in_pod()
+        if pid is None:
+            raise RuntimeError("the operator pod runs, but its process was not found in /proc")
+        yield info.kube, info.minio, lambda: pid
+    finally:
+        stack.stop()
+
+
+def run_one(
+    n: int,
+    buckets: int,
+    idle: float,
+    timeout: float,
+    work: Path,
+    *,
+    fire: int = 0,
+    rounds: int = 0,
+    deployed: bool = False,
+) -> dict[str, Any]:
+    logs = work / f"logs-{n}"
+    logs.mkdir(parents=True)
+    environment = deployed_operator(work, logs) if deployed else process_operator(n, work, logs)
+    with environment as (kube, minio, operator_pid):
+        proc_pid = operator_pid()
         api = config.new_client_from_config(config_file=str(kube.kubeconfig))
         core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
         s3 = MinioClient(minio.endpoint, minio.access_key, minio.secret_key, secure=False)
@@ -181,29 +268,15 @@ def run_one(  # noqa: PLR0915 - one linear measurement
                     },
                 },
             )
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(work),
-            "KUBECONFIG": str(sa_config),
-            "PYTHONPATH": str(REPO / "operator"),
-        }
-        metrics_port = free_port()
-        with (logs / "operator.log").open("wb") as log:
-            proc = subprocess.Popen(
-                [
-                    sys.executable, "-m", "citus_backup.cli", "operator", "-A", "--standalone",
-                    f"--metrics-port={metrics_port}", "--metrics-address=127.0.0.1",
-                ],
-                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-            )  # fmt: skip
-        time.sleep(5)  # the operator's start-up (imports, first listing)
-        rss_start = rss_mb(proc.pid)
+        rss_start = rss_mb(proc_pid)
 
         def create(i: int) -> None:
             ns = namespaces[i % NAMESPACES]
             body = policy_body(f"p{i:04d}", bucket_names[i % buckets], minio)
             custom.create_namespaced_custom_object(GROUP, VERSION, ns, "citusbackuppolicies", body)
 
+        requests_before = operator_requests(kube)
+        cpu_before = cpu_seconds(proc_pid)
         started = time.monotonic()
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(create, range(n)))
@@ -215,13 +288,17 @@ def run_one(  # noqa: PLR0915 - one linear measurement
                 seconds = time.monotonic() - started
                 break
             time.sleep(2)
+        converge_requests = operator_requests(kube) - requests_before
+        converge_cpu = cpu_seconds(proc_pid) - cpu_before
         # --- idle window
-        rss_idle_start = rss_mb(proc.pid)
-        cpu0, req0, t0 = cpu_seconds(proc.pid), operator_requests(kube), time.monotonic()
+        rss_idle_start = rss_mb(proc_pid)
+        cpu0, req0, t0 = cpu_seconds(proc_pid), operator_requests(kube), time.monotonic()
         time.sleep(idle)
-        cpu1, req1, t1 = cpu_seconds(proc.pid), operator_requests(kube), time.monotonic()
+        cpu1, req1, t1 = cpu_seconds(proc_pid), operator_requests(kube), time.monotonic()
         window = t1 - t0
         fired = fire_rounds(api, namespaces, n, fire, rounds) if fire and rounds else {}
+        if fired:
+            fired["rss_mb_after_fire"] = round(rss_mb(proc_pid), 1)
         return {
             **fired,
             "policies": n,
@@ -230,22 +307,16 @@ def run_one(  # noqa: PLR0915 - one linear measurement
             "converged": done,
             "converged_seconds": None if seconds is None else round(seconds, 1),
             "timeout_seconds": timeout,
+            "converge_api_requests_per_policy": round(converge_requests / n, 1),
+            "converge_operator_cpu_seconds": round(converge_cpu, 1),
             "rss_mb_before_policies": round(rss_start, 1),
             "rss_mb_idle_start": round(rss_idle_start, 1),
-            "rss_mb_idle_end": round(rss_mb(proc.pid), 1),
+            "rss_mb_idle_end": round(rss_mb(proc_pid), 1),
+            "operator": "Deployment on the local node" if deployed else "process",
             "idle_seconds": round(window, 1),
             "idle_cpu_share_of_one_core": round((cpu1 - cpu0) / window, 4),
             "api_requests_per_minute_idle": round((req1 - req0) / window * 60, 1),
         }
-    finally:
-        if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        minio_server.stop()
-        kube_cluster.stop()
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -282,19 +353,28 @@ class Seen:
         self.jobs.clear()
 
     def _watch(self, api: client.ApiClient, kind: str) -> None:
+        while not self._stop.is_set():
+            try:
+                self._watch_once(api, kind)
+            except Exception:  # the control plane going away at the end, or a dropped stream
+                if self._stop.is_set():
+                    return
+                time.sleep(0.2)
+
+    def _watch_once(self, api: client.ApiClient, kind: str) -> None:
         from kubernetes import watch  # noqa: PLC0415
 
-        while not self._stop.is_set():
+        if not self._stop.is_set():
             w = watch.Watch()
             if kind == "backups":
                 custom = client.CustomObjectsApi(api)
                 stream = w.stream(
                     custom.list_cluster_custom_object, GROUP, VERSION, "citusbackups",
-                    timeout_seconds=60,
+                    timeout_seconds=3600,
                 )  # fmt: skip
             else:
                 stream = w.stream(
-                    client.BatchV1Api(api).list_job_for_all_namespaces, timeout_seconds=60
+                    client.BatchV1Api(api).list_job_for_all_namespaces, timeout_seconds=3600
                 )
             for event in stream:
                 if self._stop.is_set():
@@ -418,6 +498,11 @@ def main() -> int:
         "--fire", type=int, default=50, help="policies whose schedule fires at one instant"
     )
     parser.add_argument("--rounds", type=int, default=2, help="rounds of --fire (0: none)")
+    parser.add_argument(
+        "--deployed",
+        action="store_true",
+        help="the operator as a Deployment from manifests/ on the real local node (root)",
+    )
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="citus-backup-scale-") as tmp:

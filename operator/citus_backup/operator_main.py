@@ -193,6 +193,8 @@ def operator_identity() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    import asyncio  # noqa: PLC0415
+
     import kopf  # noqa: PLC0415
     from kopf._core.engines.peering import Identity  # noqa: PLC0415 - typed, not re-exported
 
@@ -216,9 +218,10 @@ def run(args: argparse.Namespace) -> int:
         poll_seconds=args.poll_interval,
     )
     # Running backups' progress from the bucket (reconcile.progress).
-    deps.progress = BucketProgress(bucket_factory(deps))
+    buckets = bucket_factory(deps)  # one client per bucket and credentials, shared
+    deps.progress = BucketProgress(buckets)
     registry = kopf.OperatorRegistry()
-    retention = register_retention(registry, deps)  # lifecycle rules + catalogue (issue #5)
+    retention = register_retention(registry, deps, buckets=buckets)  # lifecycle + catalogue
     register_handlers(
         registry,
         deps,
@@ -232,8 +235,12 @@ def run(args: argparse.Namespace) -> int:
         serve(metrics, args.metrics_port, args.metrics_address)
 
     @kopf.on.startup(registry=registry)
-    def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    async def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure(settings, verbose=args.verbose, peering_lifetime=args.peering_lifetime)
+        # The policies' daemons run their looks with asyncio.to_thread (the loop's
+        # default executor, CPUs + 4 threads): at a fire time shared by many
+        # policies the looks queued behind each other. One pool for both.
+        asyncio.get_running_loop().set_default_executor(settings.execution.executor)
 
     @kopf.on.login(registry=registry)
     def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:

@@ -22,6 +22,7 @@ from citus_backup.controllers.retention import (
     RULES_REMOVED,
     RULES_UPDATED,
     RetentionController,
+    bucket_factory,
 )
 from citus_backup.errors import PermanentError, TransientError
 from citus_backup.reconcile import catalogue
@@ -574,3 +575,15 @@ def test_drift_checks_of_one_bucket_share_a_recent_read_and_still_repair_drift()
     ctl.periodic("b", "ns", w.cluster.obj(Kind.POLICY, "b"), catalogue=False)
     assert w.events.reasons()[-1] == DRIFT_REPAIRED
     assert any(r["ID"].startswith("citusbackup.ns.b.") for r in bucket.rules)
+
+
+def test_policies_of_one_bucket_and_credentials_share_one_client() -> None:
+    w = world()
+    w.cluster.add_secrets()
+    factory = bucket_factory(w.deps)
+    one, two = factory(model("a")), factory(model("b"))
+    assert one is two  # one connection pool for the bucket, not one per policy
+    other_bucket = factory(model("c", storage={**policy("c")["spec"]["storage"], "bucket": "xyz"}))
+    assert other_bucket is not one
+    w.cluster.secrets[("ns", "s3")] = {"accessKeyId": b"rotated", "secretAccessKey": b"new"}
+    assert factory(model("a")) is not one  # new credentials, new client

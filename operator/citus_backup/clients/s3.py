@@ -213,6 +213,11 @@ def sdk_error(exc: BaseException) -> BaseException:
     return exc
 
 
+def client_identity(location: S3Location, access_key: str, secret_key: str) -> str:
+    """See :attr:`BucketClient.identity` (a digest: no secret in the value)."""
+    return hashlib.sha256("\0".join((repr(location), access_key, secret_key)).encode()).hexdigest()
+
+
 class BucketClient:
     """One bucket's lifecycle configuration and objects, errors translated."""
 
@@ -226,9 +231,7 @@ class BucketClient:
         self.location = location
         self.bucket = location.bucket
         self._url = f"{'https' if location.secure else 'http'}://{location.endpoint}"
-        self._identity = hashlib.sha256(
-            "\0".join((repr(location), access_key, secret_key)).encode()
-        ).hexdigest()
+        self._identity = client_identity(location, access_key, secret_key)
         self.client = client or Minio(
             location.endpoint,
             secure=location.secure,
