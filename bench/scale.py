@@ -180,6 +180,7 @@ def process_operator(
             "HOME": str(work),
             "KUBECONFIG": str(sa_config),
             "PYTHONPATH": str(REPO / "operator"),
+            "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2"),  # as the image sets it
         }
         metrics_port = free_port()
         with (logs / "operator.log").open("wb") as log:

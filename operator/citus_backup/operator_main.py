@@ -51,12 +51,12 @@ INSTANT_EXIT_SECONDS = 1.0
 #: Seconds between kopf's later checks that a deleted object's timer ended (kopf: 60).
 CANCELLATION_POLL_SECONDS = 2.0
 #: kopf workers processing objects' events at once (kopf: unlimited) and posting
-#: Events at once; see configure(). More would not help: a 2-core operator is
-#: CPU-bound long before 16 objects are being handled at once.
-QUEUE_WORKERS = 16
+#: Events at once; see configure(). 16 made the Jobs of 50 backups due at one
+#: instant wait for a slot (bench/scale.py: Job p50 4.6 s after the instant).
+QUEUE_WORKERS = 32
 #: Seconds an idle kopf worker waits for more events of its object before it
 #: frees its slot (kopf: 5). Events of one object seconds apart are rare.
-QUEUE_IDLE_SECONDS = 0.5
+QUEUE_IDLE_SECONDS = 0.2
 POSTING_WORKERS = 4
 #: Threads for kopf's sync handlers: they mostly wait for the API server or a
 #: bucket, so more than the CPUs (kopf's default) keeps a burst moving.

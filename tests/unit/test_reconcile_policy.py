@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from reconcile_fakes import SECRET_KEY, T0, World, backup, policy, world
@@ -327,3 +328,35 @@ def test_a_look_says_how_long_to_sleep_until_the_next_fire_time(w: World) -> Non
     w.cluster.add(Kind.POLICY, policy("v", verification={"schedule": "30 3 * * *"}))
     assert PolicyReconciler(w.deps).reconcile("v", "ns") == 1800.0
     assert PolicyReconciler(w.deps).reconcile("gone", "ns") is None
+
+
+def test_idle_looks_list_the_backups_only_when_due_changed_or_hourly(
+    w: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    listed: list[Kind] = []
+    real_list = w.cluster.list
+
+    def counting(kind: Kind, namespace: str) -> list[Any]:
+        listed.append(kind)
+        return real_list(kind, namespace)
+
+    monkeypatch.setattr(w.cluster, "list", counting)
+    reconciler = PolicyReconciler(w.deps)  # one per operator process, as in the daemon
+    w.cluster.add(Kind.POLICY, policy())
+    reconciler.reconcile("main", "ns")  # first look: lists, writes the summary
+    first = listed.count(Kind.BACKUP)
+    assert first >= 1
+    w.clock.advance(minutes=5)
+    reconciler.reconcile("main", "ns")  # 02:05, nothing due: no LIST
+    assert listed.count(Kind.BACKUP) == first
+    w.clock.advance(minutes=55, seconds=5)  # 03:00:05: the run is due
+    reconciler.reconcile("main", "ns")
+    assert backups(w) == ["main-202611270300"]
+    after_run = listed.count(Kind.BACKUP)
+    assert after_run > first
+    w.clock.advance(minutes=5)
+    reconciler.reconcile("main", "ns")
+    assert listed.count(Kind.BACKUP) == after_run
+    w.clock.advance(hours=1)  # the hourly safety net
+    reconciler.reconcile("main", "ns")
+    assert listed.count(Kind.BACKUP) > after_run

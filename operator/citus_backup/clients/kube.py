@@ -22,6 +22,7 @@ import json
 import os
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -29,12 +30,13 @@ from typing import Any, TypeVar
 from kubernetes import config
 from kubernetes.client import (
     ApiClient,
-    BatchV1Api,
     Configuration,
-    CoreV1Api,
     CustomObjectsApi,
+    V1ConfigMap,
     V1Job,
     V1Pod,
+    V1PodList,
+    V1Secret,
 )
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
@@ -130,6 +132,80 @@ def _read(call: Callable[[], T], what: str) -> T | None:
         return None
 
 
+class CoreCalls:
+    """The five core/v1 and batch/v1 calls the operator makes, through the client's
+    public request API (``param_serialize``, ``call_api``, ``response_deserialize``)
+    instead of ``CoreV1Api``/``BatchV1Api``.
+
+    Why: importing those two generated modules costs 23 MB of the operator's
+    resident memory (measured: ``core_v1_api`` 14 MB, ``batch_v1_api`` 9 MB, for
+    hundreds of endpoints we never call), about a sixth of what the operator
+    needs with 1,000 policies (issue #12). Requests, responses (the same
+    ``V1Secret``/``V1Job``/... models) and errors (``ApiException``) are the
+    client's own.
+    """
+
+    def __init__(self, api_client: ApiClient) -> None:
+        self._api = api_client
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        response_type: str,
+        *,
+        query: Sequence[tuple[str, str]] = (),
+        body: Any = None,
+        _request_timeout: float | None = None,
+    ) -> Any:
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        request = self._api.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=list(query),
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self._api.call_api(*request, _request_timeout=_request_timeout)
+        response.read()  # type: ignore[no-untyped-call]
+        types = {"200": response_type, "201": response_type, "202": response_type}
+        return self._api.response_deserialize(response_data=response, response_types_map=types).data
+
+    @staticmethod
+    def _path(*parts: str) -> str:
+        return "/".join(urllib.parse.quote(p, safe="") if i % 2 else p for i, p in enumerate(parts))
+
+    def read_namespaced_secret(self, name: str, namespace: str, **kw: Any) -> V1Secret:
+        path = self._path("/api/v1/namespaces", namespace, "secrets", name)
+        result: V1Secret = self._call("GET", path, "V1Secret", **kw)
+        return result
+
+    def read_namespaced_config_map(self, name: str, namespace: str, **kw: Any) -> V1ConfigMap:
+        path = self._path("/api/v1/namespaces", namespace, "configmaps", name)
+        result: V1ConfigMap = self._call("GET", path, "V1ConfigMap", **kw)
+        return result
+
+    def list_namespaced_pod(self, namespace: str, *, label_selector: str, **kw: Any) -> V1PodList:
+        path = self._path("/api/v1/namespaces", namespace, "pods")
+        result: V1PodList = self._call(
+            "GET", path, "V1PodList", query=[("labelSelector", label_selector)], **kw
+        )
+        return result
+
+    def create_namespaced_job(self, namespace: str, body: V1Job, **kw: Any) -> V1Job:
+        path = self._path("/apis/batch/v1/namespaces", namespace, "jobs")
+        result: V1Job = self._call("POST", path, "V1Job", body=body, **kw)
+        return result
+
+    def read_namespaced_job(self, name: str, namespace: str, **kw: Any) -> V1Job:
+        path = self._path("/apis/batch/v1/namespaces", namespace, "jobs", name)
+        result: V1Job = self._call("GET", path, "V1Job", **kw)
+        return result
+
+
 class KubeCluster:
     """:class:`~citus_backup.reconcile.ports.Cluster` over a ``kubernetes.client.ApiClient``."""
 
@@ -141,8 +217,8 @@ class KubeCluster:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._custom = CustomObjectsApi(api_client)
-        self._core = CoreV1Api(api_client)
-        self._batch = BatchV1Api(api_client)
+        self._core = CoreCalls(api_client)
+        self._batch = self._core
         self._secret_ttl = secret_ttl
         self._clock = clock
         #: (namespace, name) -> (read at, data): see SECRET_TTL. Values stay in memory only.

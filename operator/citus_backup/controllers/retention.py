@@ -240,6 +240,23 @@ def bucket_factory(deps: Deps) -> BucketFactory:
     return build
 
 
+#: What the overlap check reads of the other policies (see _slim).
+_SLIM_METADATA = ("name", "namespace", "uid", "creationTimestamp", "deletionTimestamp")
+
+
+def _slim(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a policy the index keeps: its identity, times and spec. Without
+    status, managedFields and annotations a model is a third of the size
+    (~5 KB instead of ~15 KB), which counts with a thousand policies."""
+    meta = body.get("metadata", {})
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {k: meta[k] for k in _SLIM_METADATA if k in meta},
+        "spec": body.get("spec", {}),
+    }
+
+
 class RetentionController:
     """The retention reconciler; plain Python over ``deps``, a bucket factory and finalizers."""
 
@@ -284,7 +301,7 @@ class RetentionController:
         listed = {}
         for item in self.deps.cluster.list(Kind.POLICY, namespace):
             with contextlib.suppress(CitusBackupError):
-                model = parse(CitusBackupPolicy, item)
+                model = parse(CitusBackupPolicy, _slim(item))
                 listed[model.name] = model
         with self._index_lock:
             self._index.setdefault(namespace, {}).update(listed)
@@ -297,7 +314,7 @@ class RetentionController:
         model = None
         if not deleted:
             with contextlib.suppress(CitusBackupError):
-                model = parse(CitusBackupPolicy, body)
+                model = parse(CitusBackupPolicy, _slim(body))
         with self._index_lock:
             known = self._index.setdefault(namespace, {})
             if model is None:

@@ -85,6 +85,12 @@ SCHEDULER_CONDITIONS = frozenset({ConditionType.READY, ConditionType.LAST_BACKUP
 NOT_READY_RECHECK_SECONDS = 10.0
 #: Re-reads of a policy whose status patch lost a race before giving up for this tick.
 STATUS_ATTEMPTS = 3
+#: Seconds after which a look with nothing due lists the policy's backups again to
+#: recompute the backup summary (lastSuccessfulBackup, LastBackupSucceeded). A
+#: finished backup refreshes the summary itself; this is the safety net (e.g. a
+#: CitusBackup deleted by hand). Without it every idle look was a LIST of the
+#: namespace's backups: with 1,000 policies, most of the operator's idle requests.
+SUMMARY_REFRESH_SECONDS = 3600.0
 
 
 def patch_policy_status(
@@ -294,6 +300,9 @@ class PolicyReconciler:
 
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
+        #: (namespace, name) -> (time, generation) of the last look that listed the
+        #: policy's backups (see SUMMARY_REFRESH_SECONDS).
+        self._listed: dict[tuple[str, str], tuple[datetime, int | None]] = {}
 
     def reconcile(
         self, name: str, namespace: str, body: Mapping[str, Any] | None = None
@@ -312,6 +321,7 @@ class PolicyReconciler:
             else:
                 body = dict(body)
             if body is None or body.get("metadata", {}).get("deletionTimestamp"):
+                self._listed.pop((namespace, name), None)
                 return None
             try:
                 policy = parse(CitusBackupPolicy, body)
@@ -384,18 +394,30 @@ class PolicyReconciler:
             suspend=spec.suspend,
         )
         fields["nextScheduleTime"] = None if spec.suspend else time_str(decision.next_run)
-        backups = backups_of(deps, policy)
-        if ready:
-            conditions = self._act(policy, decision, backups, fields, conditions, now)
-            self._verify_by_schedule(policy, backups, fields, now)
-
-        summary, conditions = backup_summary(
-            backups_of(deps, policy) if "lastScheduleTime" in fields else backups,
-            conditions,
-            now=now,
-            generation=generation,
-        )
-        fields.update(summary)
+        key = (namespace, policy.name)
+        listed = self._listed.get(key)
+        if (
+            decision.run is not None
+            or decision.missed is not None
+            or self._verification_due(policy, now)
+            or listed is None
+            or listed[1] != generation
+            or (now - listed[0]).total_seconds() >= SUMMARY_REFRESH_SECONDS
+        ):
+            self._listed[key] = (now, generation)
+            backups = backups_of(deps, policy)
+            if ready:
+                conditions = self._act(policy, decision, backups, fields, conditions, now)
+                self._verify_by_schedule(policy, backups, fields, now)
+            summary, conditions = backup_summary(
+                backups_of(deps, policy) if "lastScheduleTime" in fields else backups,
+                conditions,
+                now=now,
+                generation=generation,
+            )
+            fields.update(summary)
+        # else: nothing is due and the summary was computed recently (a finished
+        # backup refreshes it itself, refresh_backup_summary): no LIST of backups.
         fields["conditions"] = [c.to_dict() for c in conditions]
         if changes(status.to_dict(), fields):
             patch_policy_status(
@@ -409,6 +431,24 @@ class PolicyReconciler:
         # A missing Secret or an unreachable bucket is fixed outside the policy
         # (no event about it wakes us): look again soon.
         return delay if ready else min(delay, NOT_READY_RECHECK_SECONDS)
+
+    def _verification_due(self, policy: CitusBackupPolicy, now: datetime) -> bool:
+        """A fire time of ``verification.schedule`` has come (see _verify_by_schedule)."""
+        verification_spec = policy.spec.verification
+        if verification_spec is None or verification_spec.schedule is None:
+            return False
+        return (
+            decide(
+                verification_spec.schedule,
+                policy.spec.time_zone,
+                now=now,
+                last_schedule_time=policy.status.last_verification_schedule_time,
+                created=policy.metadata.creation_timestamp or now,
+                starting_deadline_seconds=None,
+                suspend=policy.spec.suspend,
+            ).run
+            is not None
+        )
 
     def _verify_by_schedule(
         self,
