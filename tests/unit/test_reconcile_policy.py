@@ -360,3 +360,28 @@ def test_idle_looks_list_the_backups_only_when_due_changed_or_hourly(
     w.clock.advance(hours=1)  # the hourly safety net
     reconciler.reconcile("main", "ns")
     assert listed.count(Kind.BACKUP) > after_run
+
+
+def test_a_scheduled_backup_gets_its_job_in_the_same_look(w: World) -> None:
+    from citus_backup.reconcile.backup import BackupReconciler  # noqa: PLC0415
+
+    reconciler = PolicyReconciler(w.deps, start_backup=BackupReconciler(w.deps).reconcile)
+    w.cluster.add(Kind.POLICY, policy())
+    reconciler.reconcile("main", "ns")
+    w.clock.advance(hours=1, seconds=5)  # 03:00:05
+    reconciler.reconcile("main", "ns")
+    assert backups(w) == ["main-202611270300"]
+    assert len(w.cluster.jobs) == 1  # not left for the backup's first timer tick
+
+
+def test_a_failing_job_start_does_not_fail_the_policy_look(w: World) -> None:
+    def broken(name: str, namespace: str) -> None:
+        raise TransientError("API server busy", reason="ServerError")
+
+    reconciler = PolicyReconciler(w.deps, start_backup=broken)
+    w.cluster.add(Kind.POLICY, policy())
+    reconciler.reconcile("main", "ns")
+    w.clock.advance(hours=1, seconds=5)
+    reconciler.reconcile("main", "ns")
+    assert backups(w) == ["main-202611270300"]
+    assert w.cluster.status(Kind.POLICY, "main")["lastScheduleTime"] == "2026-11-27T03:00:00Z"

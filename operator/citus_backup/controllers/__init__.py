@@ -107,8 +107,8 @@ def register(
     ``periodic``: called from each policy's daemon every ``periodic.interval``
     seconds (jittered), with ``catalogue=True`` on every ``catalogue_every``-th call.
     """
-    policies = PolicyReconciler(deps)
     backups = BackupReconciler(deps)
+    policies = PolicyReconciler(deps, start_backup=backups.reconcile)
     restores = RestoreReconciler(deps)
     poll = deps.poll_seconds
 

@@ -29,7 +29,7 @@ not advance, so fixing the Secret in time still runs the due backup.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -53,7 +53,7 @@ from citus_backup.api.common import (
     set_condition,
 )
 from citus_backup.api.policy import CitusBackupPolicy
-from citus_backup.errors import PermanentError, TransientError
+from citus_backup.errors import CitusBackupError, PermanentError, TransientError
 from citus_backup.reconcile import verification
 from citus_backup.reconcile.common import (
     NORMAL,
@@ -298,8 +298,16 @@ def scheduled_backup_body(
 class PolicyReconciler:
     """Runs the schedule of one policy per call and writes its status."""
 
-    def __init__(self, deps: Deps) -> None:
+    def __init__(
+        self, deps: Deps, start_backup: Callable[[str, str], object] | None = None
+    ) -> None:
         self.deps = deps
+        #: Called with (name, namespace) right after a scheduled CitusBackup is
+        #: created (the backup reconciler: its Job is created in the same look
+        #: instead of when kopf first runs the backup's timer, which at a fire time
+        #: shared by many policies was seconds later). Errors are left to that
+        #: timer, which looks again anyway.
+        self.start_backup = start_backup
         #: (namespace, name) -> (time, generation) of the last look that listed the
         #: policy's backups (see SUMMARY_REFRESH_SECONDS).
         self._listed: dict[tuple[str, str], tuple[datetime, int | None]] = {}
@@ -563,4 +571,9 @@ class PolicyReconciler:
                 BACKUP_SCHEDULED,
                 f"created CitusBackup {name} for the run scheduled at {time_str(run)}",
             )
+            if self.start_backup is not None:
+                try:
+                    self.start_backup(name, namespace)
+                except CitusBackupError as err:
+                    logger.info("backup %s/%s: its timer will retry: %s", namespace, name, err)
         return conditions
