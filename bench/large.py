@@ -13,6 +13,8 @@ constraints and foreign keys), plus two small databases:
 * ``runner-nosplit``: the same with ``--split-threshold 0`` (one
   ``pg_dump -Fc`` stream, the layout before issue #14), for contrast;
 * ``runner-all``: the whole set (``large`` and the small databases, globals);
+* ``runner-no-counts``: ``runner`` without the per-table row counts (what the
+  restore's row-count check costs the backup);
 * restores of ``large`` side by side: ``pg_restore -j N`` from the local
   directory into a new database (``local-restore``) against ``citus-backup
   restore --database large --target-database large_copy`` from the split set
@@ -380,6 +382,11 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0915
                     ctx, r, "runner-nosplit", run_id,
                     [*z, "--include-database", BIG, "--split-threshold", "0"])),
                 ("runner-all", lambda r: runner_backup(ctx, r, "runner-all", run_id, z)),
+                # What the manifest's row counts (a scan of every table in the
+                # snapshot, the restore's check) cost on a CPU-bound machine.
+                ("runner-no-counts", lambda r: runner_backup(
+                    ctx, r, "runner-no-counts", run_id,
+                    [*z, "--include-database", BIG, "--no-row-counts"])),
             ]  # fmt: skip
             shift = (rep - 1) % len(plan)
             for method, run in plan[shift:] + plan[:shift]:

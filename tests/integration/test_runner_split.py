@@ -39,7 +39,7 @@ BIG, SMALL = "rs_big", "rs_small"
 BACKUP_ID = "20261204T030000Z"
 #: The same data as an older-style set (no split), in the same bucket.
 PLAIN_ID = "20261204T020000Z"
-SPLIT_ARGS = ("--split-threshold", "1", "--split-jobs", "2")
+SPLIT_ARGS = ("--split-threshold", "1", "--split-jobs", "2", "--also-tier", "monthly")
 
 
 def seed(postgres: PostgresInfo) -> None:
@@ -167,6 +167,11 @@ def test_a_large_database_is_split_into_parts(runner: Runner) -> None:
     for part in parts:
         assert re.fullmatch(r"rs_big\.dump\.\d{4}", part["object"]["name"])
         assert keys[prefix + part["object"]["name"]] == part["object"]["size"]
+    # Every part is in the other tier too (server-side copies).
+    monthly = runner.keys(f"monthly/{BACKUP_ID}/")
+    for part in parts:
+        name = part["object"]["name"]
+        assert monthly[f"{runner.prefix}/monthly/{BACKUP_ID}/{name}"] == part["object"]["size"]
     # The small database is below any threshold but 1 byte too: split as well;
     # in the other set nothing is split.
     plain = runner.manifest(PLAIN_ID)

@@ -567,8 +567,16 @@ class _Backup:
         if threshold <= 0:
             return None
         with pg.errors_as(f"list the tables of database {shown}"):
-            if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'").fetchone():
-                return None  # never split a Citus database: see .split
+            # One round trip decides for most databases (this runs between the
+            # slot and the pg_dump): pg_database_size (no locks: it sizes the
+            # files; catalogs included, so never below the tables' sum) under
+            # the threshold, or Citus (never split: see .split), keeps one archive.
+            row = conn.execute(
+                "SELECT pg_database_size(current_database()),"
+                " EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"
+            ).fetchone()
+            if row is None or int(row[0]) < threshold or row[1]:
+                return None
             tables = self._table_sizes(conn, shown)
         if tables is None:
             return None
