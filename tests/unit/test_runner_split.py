@@ -151,3 +151,17 @@ def test_manifest_with_parts_round_trips_and_an_old_one_has_none() -> None:
     old = manifest()
     assert all(not e.split and e.foreign_keys is None for e in old.databases)
     assert MAX_FORMAT_VERSION == 2
+
+
+def test_a_negative_threshold_fails_the_backup_before_anything_runs() -> None:
+    from citus_backup.runner.backup import BackupOptions, run_backup  # noqa: PLC0415
+    from citus_backup.runner.config import PgConfig, S3Config  # noqa: PLC0415
+    from citus_backup.runner.summary import RunSummary  # noqa: PLC0415
+
+    with pytest.raises(PermanentError, match="split threshold"):
+        run_backup(
+            PgConfig(base_env={}),
+            S3Config(endpoint="localhost:1", secure=False, bucket="b"),
+            BackupOptions(backup_id="x1", split_threshold=-5),
+            RunSummary("backup"),
+        )

@@ -856,6 +856,7 @@ class _Backup:
         started = options.now()
         backup_id = layout.validate_backup_id(options.backup_id or layout.new_backup_id(started))
         tier = layout.validate_tier(options.tier)
+        split.validate_threshold(options.split_threshold)
         also = [layout.validate_tier(t) for t in dict.fromkeys(options.also_tiers) if t != tier]
         tiers = [tier, *also]
         bucket = self.s3_config.bucket
