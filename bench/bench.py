@@ -320,6 +320,31 @@ def run_runner(ctx: Context, rep: int, run_id: str, method: str = "runner") -> S
     return step
 
 
+def run_baseline(ctx: Context, rep: int, run_id: str, source: Path) -> Step:
+    """``runner-base``: the runner of another revision (``--baseline REV``, its
+    ``operator/`` extracted with ``git archive``) in the same run, so a change
+    is compared with what it changes under the same machine conditions."""
+    backup_id = f"runner-base-{run_id}-{rep}"
+    argv = [str(REPO / ".venv" / "bin" / "python"), "-m", "citus_backup.cli", "backup",
+            "--backup-id", backup_id, *ctx.runner_flags]  # fmt: skip
+    env = ctx.runner_env("runner")
+    env["PYTHONPATH"] = str(source / "operator")
+    subprocess.run([*argv[:3], "backup", "--help"], env=env, check=True,
+                   stdout=subprocess.DEVNULL)  # fmt: skip
+    return measured(ctx, "runner-base", rep, argv, env)
+
+
+def extract_baseline(revision: str, into: Path) -> Path:
+    """``operator/`` of ``revision`` (``git archive``), compiled, in ``into``."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", revision, "operator"],
+                             check=True, capture_output=True).stdout  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-m", "compileall", "-q",
+                    str(into / "operator")], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    return into
+
+
 def run_variant(ctx: Context, run_id: str, variant: str, rep: int) -> Step:
     return run_runner(ctx, rep, run_id, variant)
 
@@ -536,6 +561,19 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                      f"paired by repetition: {paired:.2f}x)",
             "ok": ratio <= bound,
         })  # fmt: skip
+    if "runner-base" in s and "limit" in s:
+        base = s["runner-base"]
+        rows.append({
+            "target": f"runner vs the baseline runner ({results.get('baseline')}), same run",
+            "value": f"runner/limit {runner['wallMedian'] / s['limit']['wallMedian']:.2f}x, "
+                     f"baseline/limit {base['wallMedian'] / s['limit']['wallMedian']:.2f}x; "
+                     f"runner/baseline {runner['wallMedian'] / base['wallMedian']:.3f}x "
+                     f"(paired by repetition: "
+                     f"{paired_ratio(results.get('steps', []), 'runner', 'runner-base'):.3f}x)",
+            "ok": runner["wallMedian"] <= base["wallMedian"] * 1.03,
+            "verdict": "not slower" if runner["wallMedian"] <= base["wallMedian"] * 1.03
+            else "slower",
+        })  # fmt: skip
     rss = runner["peakRssRootMax"]
     rows.append({"target": "runner process peak RSS < 150 MB (max of runs)",
                  "value": mb(rss), "ok": rss < TARGET_MEMORY})  # fmt: skip
@@ -628,6 +666,9 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0915
     parser.add_argument("--variant", action="append", default=[], choices=sorted(VARIANTS),
                         help="also measure the runner with these flags")  # fmt: skip
     parser.add_argument("--no-restore", action="store_true", help="skip the restore steps")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also measure the runner of this git revision (method "
+                             "runner-base), e.g. main")  # fmt: skip
     parser.add_argument("--runner-flag", action="append", default=[],
                         help="extra flag for every `citus-backup backup` "
                              "(e.g. --runner-flag=--jobs=4)")  # fmt: skip
@@ -683,6 +724,10 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0915
         for variant in args.variant:
             methods[variant] = functools.partial(run_variant, ctx, run_id, variant)
         chosen = [m for m in args.methods.split(",") if m] + args.variant
+        if args.baseline:
+            base = extract_baseline(args.baseline, tmp / "baseline")
+            methods["runner-base"] = lambda rep: run_baseline(ctx, rep, run_id, base)
+            chosen.append("runner-base")
         log("warm-up (unmeasured): the limit once, so every method finds the data cached")
         run_limit(ctx, 0, "1", "warm-up")
 
@@ -732,6 +777,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0915
             "runnerCommand": runner_command(),
             "runnerFlags": args.runner_flag,
             "runnerSource": runner_source(),
+            "baseline": args.baseline,
             "minioPinned": str(binaries.component_dir("minio").name),
             "awsCli": aws_version(args.aws),
             "minio": minio.version(),

@@ -20,6 +20,15 @@ def test_progress_counts_stored_dumps_and_parts_uploaded_so_far() -> None:
     assert backup_progress(None, {}, {}).to_status() == {"databasesDone": 0, "bytes": 0}
 
 
+def test_progress_counts_the_parts_of_a_split_database() -> None:
+    started = {"databases": ["big", "app1"]}
+    sizes = {"started.json": 10, "big.dump.0001": 700, "big.dump.0000": 50, "app1.dump": 100}
+    progress = backup_progress(started, sizes, {"big": 0})
+    assert progress == RunProgress(databases_done=1, databases_total=2, bytes_done=850)
+    sizes["big.dump"] = 5  # the schema archive completes the database
+    assert backup_progress(started, sizes, {}).databases_done == 2
+
+
 class FakeProgress:
     """A TEST DOUBLE for the bucket read (clients.progress.BucketProgress)."""
 

@@ -194,7 +194,13 @@ def run(store: FakeStore, **options: Any) -> Manifest:
                 run_backup(
                     PgConfig(base_env=dict(os.environ)),  # the fake tools need FAKE_*, PATH
                     store.config,
-                    BackupOptions(backup_id=BACKUP_ID, jobs=2, keep_newest=False, **options),
+                    # No split: the fake connection answers the snapshot query only.
+                    BackupOptions(
+                        backup_id=BACKUP_ID,
+                        jobs=2,
+                        keep_newest=False,
+                        **{"split_threshold": 0, **options},
+                    ),
                     RunSummary("backup"),
                     store=store,  # type: ignore[arg-type]
                 )

@@ -62,7 +62,11 @@ def full_policy() -> CitusBackupPolicy:
         "weekly": {"keepDays": 60},
         "yearly": {"forever": True},
     }
-    spec["dump"] = {"jobs": 4, "compression": 9}
+    spec["dump"] = {
+        "jobs": 4,
+        "compression": 9,
+        "parallelDump": {"thresholdBytes": 5368709120, "jobs": 3},
+    }
     spec["jobTemplate"] = {
         "image": "registry.example.com/citus-backup:custom",
         "imagePullPolicy": "IfNotPresent",

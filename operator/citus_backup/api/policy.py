@@ -388,6 +388,31 @@ DEFAULT_RETENTION: JsonDict = {"preset": "standard"}
 # --------------------------------------------------------------------------- dump options
 
 
+#: Default of parallelDump.thresholdBytes (1 GiB): the runner's own default
+#: (citus_backup.runner.split.DEFAULT_THRESHOLD), not imported here so the API
+#: models do not depend on the runner.
+DEFAULT_SPLIT_THRESHOLD: Final = 1024**3
+
+
+class ParallelDump(ApiModel):
+    """One large database dumped and restored in parallel parts (docs/split.md)."""
+
+    threshold_bytes: Annotated[int, Field(ge=0)] = Field(
+        DEFAULT_SPLIT_THRESHOLD,
+        description="A database whose tables total at least this many bytes "
+        "(pg_total_relation_size) is split into a schema archive and data parts (one per "
+        "large table, and the rest), dumped from one snapshot and restored in parallel; "
+        "smaller databases keep one archive. 0: never split. Databases with Citus are "
+        "never split. Default 1073741824 (1 GiB).",
+    )
+    jobs: Annotated[int, Field(ge=1, le=32)] | None = Field(
+        None,
+        description="Parts of one split database dumped (and restored, and the pg_restore "
+        "-j of its indexes and constraints) at once; default: dump.jobs, else the CPUs "
+        "available to the Job.",
+    )
+
+
 class DumpOptions(ApiModel):
     """Options of the dump the backup Job runs (pg_dump per database, streamed to S3)."""
 
@@ -409,6 +434,11 @@ class DumpOptions(ApiModel):
         "table and not in another. blockWrites: writes to the database's Citus tables "
         "wait (reads go on) while it is dumped, so all its tables are from one moment "
         "and its row counts are exact. No effect on databases without Citus.",
+    )
+    parallel_dump: ParallelDump = Field(
+        default_factory=ParallelDump,
+        description="Splitting a large database into parts dumped and restored in parallel.",
+        json_schema_extra={"default": {}},
     )
 
 

@@ -211,7 +211,7 @@ def import_status(
     if manifest is not None:
         status["startTime"] = format_time(manifest.started_at)
         status["completionTime"] = format_time(manifest.finished_at)
-        status["databases"] = {db.name: db.object.size for db in manifest.databases}
+        status["databases"] = {db.name: db.size for db in manifest.databases}
         status["totalSizeBytes"] = manifest.total_size
         status["totalSize"] = format_size(manifest.total_size)
     else:

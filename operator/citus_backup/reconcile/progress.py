@@ -86,6 +86,14 @@ def backup_progress(
     names: Sequence[str] = [str(n) for n in (started or {}).get("databases") or ()]
     done = [n for n in names if dump_object_name(n) in sizes]
     finished_bytes = sum(sizes[dump_object_name(n)] for n in done)
+    # A split database's data parts (<db>.dump.NNNN) are stored before its
+    # schema archive, which completes it: count them as they land.
+    heads = {dump_object_name(n) + "." for n in names}
+    finished_bytes += sum(
+        size
+        for name, size in sizes.items()
+        if name[-4:].isdigit() and name[:-4] in heads and len(name) > 4
+    )
     return RunProgress(
         databases_done=len(done),
         databases_total=len(names) if started is not None else None,

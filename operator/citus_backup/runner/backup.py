@@ -21,7 +21,12 @@ Compared with ``pg_dump > file; aws s3 cp; rm`` this:
 * completes an object only if pg_dump exited 0 (otherwise the multipart
   upload is aborted), stops everything at the first failure, and writes
   ``manifest.json`` last, so a set is complete exactly when it has one;
-* places the finished set under further tiers by server-side copy.
+* places the finished set under further tiers by server-side copy;
+* splits a large database (:mod:`.split`): a schema-only archive and one
+  data part per large table plus the rest, every pg_dump in the database's
+  exported snapshot, the parts dumped largest first over ``--split-jobs``
+  workers that share the run's ``--jobs`` slots (so a split database next to
+  small ones never runs more pg_dumps than ``--jobs``).
 
 Start-up order: the pg_dumps are the long pole, so the only work before the
 first one starts is the catalog query that says which databases to dump (and
@@ -50,13 +55,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psycopg
+from psycopg import sql
 
 from citus_backup import __version__
 from citus_backup.errors import CitusBackupError, PermanentError
-from citus_backup.runner import layout, pg
+from citus_backup.runner import layout, pg, split
 from citus_backup.runner.config import PgConfig, S3Config
 from citus_backup.runner.partsize import DEFAULT_INITIAL_PART_SIZE, PartSchedule
 from citus_backup.runner.progress import DEFAULT_INTERVAL, Progress
@@ -70,6 +76,7 @@ if TYPE_CHECKING:
     from citus_backup.runner.manifest import (
         CitusMetadata,
         DatabaseEntry,
+        DataPart,
         Manifest,
         ObjectInfo,
         RowCount,
@@ -108,6 +115,10 @@ class BackupOptions:
     #: After success, untag this set and re-tag the previously protected one
     #: (:mod:`.protect`): the newest successful set of each tier never expires.
     keep_newest: bool = True
+    #: A database of at least this many bytes is split (:mod:`.split`); 0: never.
+    split_threshold: int = split.DEFAULT_THRESHOLD
+    #: Parts of one split database dumped at once (default: ``jobs``).
+    split_jobs: int | None = None
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
 
@@ -118,6 +129,12 @@ CONSISTENCY_CHOICES = ("snapshot", BLOCK_WRITES)
 #: How long ``block-writes`` waits for its locks when --lock-wait-timeout is
 #: not given: long-running writes are waited for, a stuck one fails the run.
 DEFAULT_BLOCK_WRITES_WAIT = "60s"
+
+#: How long the table-size query of a database waits for a locked table
+#: (when --lock-wait-timeout is not given) before the database is dumped
+#: unsplit: a split only pays off for large databases, a lock held that long
+#: is rare, and the one pg_dump then waits for it as it always did.
+SIZE_LOCK_WAIT = "5s"
 
 #: How long the S3 set-up waits for the first pg_dumps to start (see
 #: :meth:`_Backup.run`); past it, it goes ahead anyway.
@@ -297,6 +314,7 @@ class _Backup:
         #: output ends, not when its upload completes: the next database's
         #: pg_dump starts while the last part of the previous one is uploaded.
         self.slots = threading.Semaphore(1)
+        self.jobs = 1
         self.progress = Progress("backup", options.progress_interval)
         self.schedule = PartSchedule(options.part_size)
 
@@ -451,13 +469,12 @@ class _Backup:
         started = _now()
         with self._writes_blocked(name, shown) as exact:
             snapshot = self._export_snapshot(conn, shown)
-            argv = [pg.tool("pg_dump"), "-Fc", f"--compress={self.options.compress}", "-w"]
-            if snapshot:
-                argv += ["--snapshot", snapshot]
-            if self.options.lock_wait_timeout:
-                argv += ["--lock-wait-timeout", self.options.lock_wait_timeout]
-            argv += ["-d", self.pg_config.conninfo(name)]
-            child = self._start(argv)
+            plan = self._split_plan(conn, shown) if snapshot else None
+            if plan is not None and snapshot:
+                slot.release()  # the parts take slots of their own
+                pg_dump_started()
+                return self._dump_split(conn, uploader, location, name, server, plan, snapshot)
+            child = self._start(self._pg_dump_argv(name, snapshot))
             pg_dump_started()
             try:
                 toc = TocReader(self.children, self.env)
@@ -502,6 +519,207 @@ class _Backup:
                 started_at=started,
                 finished_at=_now(),
             )
+
+    def _pg_dump_argv(
+        self, name: str, snapshot: str | None, extra: Sequence[str] = ()
+    ) -> list[str]:
+        argv = [pg.tool("pg_dump"), "-Fc", f"--compress={self.options.compress}", "-w", *extra]
+        if snapshot:
+            argv += ["--snapshot", snapshot]
+        if self.options.lock_wait_timeout:
+            argv += ["--lock-wait-timeout", self.options.lock_wait_timeout]
+        return [*argv, "-d", self.pg_config.conninfo(name)]
+
+    # ------------------------------------------------------------ splitting
+    def _table_sizes(self, conn: pg.Connection, shown: str) -> list[split.TableSize] | None:
+        """:data:`.split.TABLES_QUERY`, None if a table is locked against it.
+
+        ``pg_total_relation_size`` takes an ACCESS SHARE lock, as pg_dump will:
+        the query waits at most ``--lock-wait-timeout`` (else
+        :data:`SIZE_LOCK_WAIT`) in a savepoint; past it the database is not
+        split and its one pg_dump meets the lock as it always did.
+        """
+        wait = self.options.lock_wait_timeout or SIZE_LOCK_WAIT
+        try:
+            with conn.transaction():
+                row = conn.execute(
+                    "SELECT current_setting('lock_timeout'), set_config('lock_timeout', %s, true)",
+                    (wait,),
+                ).fetchone()
+                rows = conn.execute(split.TABLES_QUERY).fetchall()
+                if row is not None:
+                    conn.execute("SELECT set_config('lock_timeout', %s, true)", (str(row[0]),))
+        except psycopg.errors.LockNotAvailable:
+            log.warning(
+                "database %s: a table is locked, its size unknown within %s: dumped as one "
+                "archive (not split)",
+                shown,
+                wait,
+            )
+            return None
+        return [split.TableSize(str(r[0]), str(r[1]), int(r[3]), str(r[2])) for r in rows]
+
+    def _split_plan(self, conn: pg.Connection, shown: str) -> split.SplitPlan | None:
+        """In the snapshot session: the database's tables and sizes, and whether
+        it is split (:func:`.split.plan_split`); if so, every table is locked
+        ``ACCESS SHARE`` until the session ends (no DDL between the parts)."""
+        threshold = self.options.split_threshold
+        if threshold <= 0:
+            return None
+        with pg.errors_as(f"list the tables of database {shown}"):
+            # One round trip decides for most databases (this runs between the
+            # slot and the pg_dump): pg_database_size (no locks: it sizes the
+            # files; catalogs included, so never below the tables' sum) under
+            # the threshold, or Citus (never split: see .split), keeps one archive.
+            row = conn.execute(
+                "SELECT pg_database_size(current_database()),"
+                " EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"
+            ).fetchone()
+            if row is None or int(row[0]) < threshold or row[1]:
+                return None
+            tables = self._table_sizes(conn, shown)
+        if tables is None:
+            return None
+        plan = split.plan_split(tables, threshold)
+        if plan is None:
+            return None
+        with pg.errors_as(f"lock the tables of database {shown} for its split dump"):
+            if self.options.lock_wait_timeout:
+                conn.execute(
+                    "SELECT set_config('lock_timeout', %s, true)", (self.options.lock_wait_timeout,)
+                )
+            names = sql.SQL(", ").join(sql.Identifier(t.schema, t.name) for t in tables)
+            conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(names))
+        log.info(
+            "database %s: %d MiB in %d table(s), split into %d data part(s)",
+            shown,
+            plan.total_size // 2**20,
+            len(tables),
+            len(plan.parts),
+        )
+        return plan
+
+    def _dump_piece(
+        self,
+        *,
+        uploader: StreamUploader,
+        location: layout.SetLocation,
+        name: str,
+        snapshot: str,
+        extra: Sequence[str],
+        object_name: str,
+    ) -> tuple[_Uploaded, list[str]]:
+        """One pg_dump of a split database in one of the run's slots."""
+        slot = self._take_slot()
+        try:
+            shown = quote_name(name)
+            child = self._start(self._pg_dump_argv(name, snapshot, extra))
+            try:
+                toc = TocReader(self.children, self.env)
+            except BaseException:
+                child.terminate()
+                self.children.done(child)
+                raise
+            info, listing = self._stream(
+                child=child,
+                uploader=uploader,
+                key=location.key(object_name),
+                label=f"{shown} {object_name}",
+                what=f"pg_dump of database {shown} ({object_name})",
+                toc=toc,
+                on_eof=slot.release,
+            )
+            assert listing is not None
+            return info, listing
+        finally:
+            slot.release()
+
+    def _dump_split(  # noqa: PLR0917 - one step of _dump_in_slot
+        self,
+        conn: pg.Connection,
+        uploader: StreamUploader,
+        location: layout.SetLocation,
+        name: str,
+        server: pg.ServerInfo,
+        plan: split.SplitPlan,
+        snapshot: str,
+    ) -> DatabaseEntry:
+        """The schema archive and the data parts, in parallel; this session keeps
+        the snapshot (and the locks) until the last pg_dump has ended."""
+        started = _now()
+        shown = quote_name(name)
+        schema_name = layout.dump_object_name(name)
+        pieces: list[tuple[list[str], str]] = [
+            (split.part_args(part, plan), layout.part_object_name(name, part.index))
+            for part in plan.parts
+        ]
+        # The schema archive last: it is quick, and runs in the tail of the
+        # largest-first schedule where workers are idle.
+        pieces.append((split.schema_args(), schema_name))
+        workers = max(1, min(self.options.split_jobs or self.jobs, len(pieces)))
+        results: dict[str, tuple[_Uploaded, list[str]]] = {}
+        with ThreadPoolExecutor(workers, "part") as pool:
+            futures = {
+                pool.submit(
+                    self._dump_piece,
+                    uploader=uploader,
+                    location=location,
+                    name=name,
+                    snapshot=snapshot,
+                    extra=extra,
+                    object_name=object_name,
+                ): object_name
+                for extra, object_name in pieces
+            }
+            self._wait(futures)
+            for future, object_name in futures.items():
+                results[object_name] = future.result()
+        props = pg.database_properties(conn, name, server.version_num)
+        exts = pg.extensions(conn)
+        schemas, roles = pg.schemas_and_roles(conn)
+        from citus_backup.runner.manifest import (  # noqa: PLC0415 (lazy: module doc)
+            DatabaseEntry,
+            DataPart,
+            ForeignKey,
+            TableRef,
+        )
+        from citus_backup.runner.toc import TocParser  # noqa: PLC0415 (lazy: module doc)
+
+        parser = TocParser(schemas, roles)
+        for _, object_name in reversed(pieces):  # the schema archive's header first
+            parser.feed_all(results[object_name][1])
+        toc_summary = parser.summary()
+        counts = self._row_counts(conn, shown, toc_summary.tables, None, exact=True)
+        with pg.errors_as(f"read the foreign keys of database {shown}"):
+            keys = [
+                ForeignKey(
+                    table=TableRef(schema=str(r[0]), name=str(r[1])),
+                    references=TableRef(schema=str(r[2]), name=str(r[3])),
+                )
+                for r in conn.execute(split.FOREIGN_KEYS_QUERY)
+            ]
+        conn.rollback()
+        parts: list[DataPart] = [
+            DataPart(
+                object=results[layout.part_object_name(name, part.index)][0].model(),
+                tables=tuple(TableRef(schema=t.schema, name=t.name) for t in part.tables),
+                estimated_size=part.estimated_size,
+            )
+            for part in plan.parts
+        ]
+        return DatabaseEntry(
+            name=name,
+            object=results[schema_name][0].model(),
+            properties=props,
+            toc=toc_summary,
+            extensions=tuple(exts),
+            citus=None,
+            row_counts=counts,
+            started_at=started,
+            finished_at=_now(),
+            parts=tuple(parts),
+            foreign_keys=tuple(keys),
+        )
 
     def _row_counts(
         self,
@@ -638,6 +856,7 @@ class _Backup:
         started = options.now()
         backup_id = layout.validate_backup_id(options.backup_id or layout.new_backup_id(started))
         tier = layout.validate_tier(options.tier)
+        split.validate_threshold(options.split_threshold)
         also = [layout.validate_tier(t) for t in dict.fromkeys(options.also_tiers) if t != tier]
         tiers = [tier, *also]
         bucket = self.s3_config.bucket
@@ -653,6 +872,7 @@ class _Backup:
         for tool in ("pg_dump", "pg_dumpall", "pg_restore"):
             pg.tool(tool)
         jobs = options.jobs or default_jobs(options.cpus, len(names))
+        self.jobs = jobs
         log.info(
             "backup %s: %d database(s) from %s with %d job(s) to %s",
             backup_id,
@@ -719,11 +939,57 @@ class _Backup:
                 self.children.cancel()
                 raise
 
-        from citus_backup.runner.manifest import Manifest  # noqa: PLC0415 (lazy: module doc)
-
-        manifest = Manifest(
+        manifest = self._manifest(
             backup_id=backup_id,
-            tier=tier,
+            tiers=tiers,
+            started=started,
+            server=server,
+            pg_dump_version=pg_dump_version,
+            globals_info=globals_info,
+            databases=tuple(entries[name] for name in names),
+        )
+        self._summarize(manifest)
+        store.put_bytes(location.key(layout.MANIFEST_NAME), manifest.to_json(), "application/json")
+        log.info("backup %s complete: %s", backup_id, location.url(bucket))
+        for t in also:
+            self.copy_to_tier(store, location, manifest, t)
+        if options.keep_newest:
+            self._protect(store, backup_id, tiers)
+        return manifest
+
+    def _summarize(self, manifest: Manifest) -> None:
+        self.summary.databases = {e.name: e.size for e in manifest.databases}
+        split_dbs = {e.name: len(e.parts) for e in manifest.databases if e.split}
+        if split_dbs:
+            self.summary.extra["splitDatabases"] = split_dbs
+        self.summary.total_size = manifest.total_size
+        if manifest.globals is not None:
+            self.summary.extra["globalsSize"] = manifest.globals.size
+
+    def _manifest(
+        self,
+        *,
+        backup_id: str,
+        tiers: list[str],
+        started: datetime,
+        server: pg.ServerInfo,
+        pg_dump_version: str,
+        globals_info: _Uploaded | None,
+        databases: tuple[DatabaseEntry, ...],
+    ) -> Manifest:
+        from citus_backup.runner.manifest import (  # noqa: PLC0415 (lazy: module doc)
+            FORMAT_VERSION,
+            SPLIT_FORMAT_VERSION,
+            Manifest,
+        )
+
+        options = self.options
+        return Manifest(
+            format_version=(
+                SPLIT_FORMAT_VERSION if any(e.split for e in databases) else FORMAT_VERSION
+            ),
+            backup_id=backup_id,
+            tier=tiers[0],
             tiers=tuple(tiers),
             started_at=started,
             finished_at=options.now(),
@@ -734,19 +1000,8 @@ class _Backup:
             compression=options.compress,
             consistency="blockWrites" if options.consistency == BLOCK_WRITES else "snapshot",
             globals=globals_info.model() if globals_info is not None else None,
-            databases=tuple(entries[name] for name in names),
+            databases=databases,
         )
-        self.summary.databases = {e.name: e.object.size for e in manifest.databases}
-        self.summary.total_size = manifest.total_size
-        if globals_info is not None:
-            self.summary.extra["globalsSize"] = globals_info.size
-        store.put_bytes(location.key(layout.MANIFEST_NAME), manifest.to_json(), "application/json")
-        log.info("backup %s complete: %s", backup_id, location.url(bucket))
-        for t in also:
-            self.copy_to_tier(store, location, manifest, t)
-        if options.keep_newest:
-            self._protect(store, backup_id, tiers)
-        return manifest
 
     def _prepare_store(
         self, location: layout.SetLocation, tiers: list[str], started_doc: Mapping[str, object]
@@ -782,7 +1037,7 @@ class _Backup:
             self.summary.extra["protected"] = False
             log.warning("backup %s: could not move expiry protection to it: %s", backup_id, exc)
 
-    def _wait(self, futures: dict[Future[DatabaseEntry], str]) -> None:
+    def _wait(self, futures: Mapping[Future[Any], str]) -> None:
         """Wait for all dumps; at the first failure stop the others, raise it."""
         pending = set(futures)
         while pending:
@@ -802,7 +1057,7 @@ class _Backup:
         objects: list[tuple[str, int]] = [(layout.STARTED_NAME, 0)]
         if manifest.globals is not None:
             objects.append((manifest.globals.name, manifest.globals.size))
-        objects += [(e.object.name, e.object.size) for e in manifest.databases]
+        objects += [(o.name, o.size) for e in manifest.databases for o in e.objects]
         for name, size in objects:
             store.copy(location.key(name), target.key(name), size)
         store.copy(location.key(layout.MANIFEST_NAME), target.key(layout.MANIFEST_NAME), 0)

@@ -31,7 +31,7 @@ from types import FrameType
 from typing import Any
 
 from citus_backup.errors import CitusBackupError, PermanentError, TransientError
-from citus_backup.runner import layout
+from citus_backup.runner import layout, split
 from citus_backup.runner.backup import DEFAULT_COMPRESS, BackupOptions, run_backup
 from citus_backup.runner.config import PgConfig, S3Config, pg_config, s3_config
 from citus_backup.runner.layout import parse_location
@@ -68,6 +68,13 @@ def _positive_int(value: str) -> int:
     number = int(value)
     if number < 1:
         raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return number
+
+
+def _non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value} is not 0 or a positive integer")
     return number
 
 
@@ -154,6 +161,24 @@ def _reporting_parent() -> argparse.ArgumentParser:
         help="databases processed in parallel (default: CPUs available, max 8)",
     )
     return parent
+
+
+def _split_arguments(backup: argparse.ArgumentParser) -> None:
+    backup.add_argument(
+        "--split-threshold",
+        type=_non_negative_int,
+        default=split.DEFAULT_THRESHOLD,
+        metavar="BYTES",
+        help="split a database of at least this many bytes (pg_total_relation_size of its "
+        "tables) into a schema archive and data parts dumped in parallel; 0: never "
+        f"(default {split.DEFAULT_THRESHOLD}: 1 GiB)",
+    )
+    backup.add_argument(
+        "--split-jobs",
+        type=_positive_int,
+        metavar="N",
+        help="parts of one split database dumped at once (default: --jobs)",
+    )
 
 
 def register(subparsers: Any) -> None:
@@ -243,6 +268,7 @@ def register(subparsers: Any) -> None:
         help="do not move expiry protection to this set after success (by default the set "
         "is untagged and the previously protected set of its tiers tagged expirable again)",
     )
+    _split_arguments(backup)
     backup.set_defaults(func=_backup)
 
     protector = subparsers.add_parser(
@@ -334,6 +360,13 @@ def register(subparsers: Any) -> None:
         "target database, else of the maintenance database, else those in the backup",
     )
     restore.add_argument("--no-owner", action="store_true", help="pg_restore --no-owner")
+    restore.add_argument(
+        "--split-jobs",
+        type=_positive_int,
+        metavar="N",
+        help="split databases: data parts restored at once and pg_restore -j of their "
+        "post-data (default: --jobs, else the CPUs available)",
+    )
     restore.add_argument(
         "--no-privileges",
         action="store_true",
@@ -483,6 +516,8 @@ def _backup(args: argparse.Namespace) -> int:
             row_counts=not args.no_row_counts,
             progress_interval=args.progress_interval,
             keep_newest=not args.no_keep_newest,
+            split_threshold=args.split_threshold,
+            split_jobs=args.split_jobs,
         )
         run_backup(pg, s3, options, summary)
 
@@ -558,6 +593,7 @@ def _restore(args: argparse.Namespace) -> int:
             verify=args.verify,
             checks=load_checks(args.checks_dir) if args.verify else (),
             progress_tag=args.progress_tag,
+            split_jobs=args.split_jobs,
         )
         run_restore(pg, s3, options, summary)
 

@@ -7,6 +7,9 @@ a human with ``mc``/``aws s3``, so it is defined once, here, without I/O::
     <prefix>/<tier>/<backup-id>/started.json    written first: the run exists
     <prefix>/<tier>/<backup-id>/globals.sql     pg_dumpall --globals-only
     <prefix>/<tier>/<backup-id>/<database>.dump pg_dump -Fc, one per database
+    <prefix>/<tier>/<backup-id>/<database>.dump.0001 data parts of a split
+                                                database (.dump is then its
+                                                schema-only archive; :mod:`.split`)
     <prefix>/<tier>/<backup-id>/manifest.json   written last: the set is complete
 
 Backup ids are UTC timestamps (``20261127T030000Z``) so that lexical order is
@@ -31,6 +34,8 @@ MANIFEST_NAME = "manifest.json"
 GLOBALS_NAME = "globals.sql"
 STARTED_NAME = "started.json"
 DUMP_SUFFIX = ".dump"
+#: Part indexes are four digits.
+MAX_PART_INDEX = 9999
 
 _BACKUP_ID_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,127}$")
 _TIER_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -83,6 +88,18 @@ def dump_object_name(database: str) -> str:
         # No hidden files or "." / ".." lookalikes when downloaded.
         encoded = "%2E" + encoded[1:]
     return encoded + DUMP_SUFFIX
+
+
+def part_object_name(database: str, index: int) -> str:
+    """Object name of data part ``index`` of a split database: ``app1.dump.0001``.
+
+    The name never ends in ``.dump``, so it is never taken for a database's
+    archive (:func:`database_from_object_name`), and the fixed-width index
+    after the database's own object name keeps it unique and sorted.
+    """
+    if not 0 <= index <= MAX_PART_INDEX:
+        raise invalid(f"part index {index} out of range 0..{MAX_PART_INDEX}")
+    return f"{dump_object_name(database)}.{index:04d}"
 
 
 def database_from_object_name(name: str) -> str | None:

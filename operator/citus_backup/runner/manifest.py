@@ -22,6 +22,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 FORMAT_VERSION = 1
+#: Manifests with a split database (:attr:`DatabaseEntry.parts`) say 2: a
+#: runner that knows version 1 only would restore the schema archive alone.
+SPLIT_FORMAT_VERSION = 2
+#: The newest format this runner restores.
+MAX_FORMAT_VERSION = SPLIT_FORMAT_VERSION
 
 
 class _Model(BaseModel):
@@ -171,8 +176,38 @@ class DatabaseProperties(_Model):
     role_settings: tuple[RoleSetting, ...] = ()
 
 
+class DataPart(_Model):
+    """One data object of a split database (see :mod:`.split`).
+
+    A part is a ``pg_dump -Fc --data-only`` archive taken in the database's
+    exported snapshot. ``tables`` are the tables whose rows it holds (one
+    table per part, like ``pg_dump -j``'s work items); the part without
+    tables is *the rest*: every other table's rows, every sequence value and
+    the large objects. ``estimated_size`` is ``pg_total_relation_size`` at
+    backup time, the order parts were dumped in (largest first) and are
+    restored in.
+    """
+
+    object: ObjectInfo
+    tables: tuple[TableRef, ...] = ()
+    estimated_size: int = Field(0, ge=0)
+
+    @property
+    def is_rest(self) -> bool:
+        return not self.tables
+
+
+class ForeignKey(_Model):
+    """``table`` has a foreign key to ``references`` (a leaf table)."""
+
+    table: TableRef
+    references: TableRef
+
+
 class DatabaseEntry(_Model):
     name: str
+    #: The database's archive: the whole dump, or, when ``parts`` is not
+    #: empty, the schema-only archive (pre-data and post-data, no rows).
     object: ObjectInfo
     properties: DatabaseProperties
     toc: TocSummary
@@ -181,6 +216,25 @@ class DatabaseEntry(_Model):
     row_counts: tuple[RowCount, ...] = ()
     started_at: datetime
     finished_at: datetime
+    #: The data of a split database, largest first; empty: ``object`` is the
+    #: whole dump (older manifests have no parts).
+    parts: tuple[DataPart, ...] = ()
+    #: Of a split database: its foreign keys, for a ``--table`` restore to
+    #: know which parts it needs; None: not recorded (every part is read).
+    foreign_keys: tuple[ForeignKey, ...] | None = None
+
+    @property
+    def split(self) -> bool:
+        return bool(self.parts)
+
+    @property
+    def objects(self) -> tuple[ObjectInfo, ...]:
+        """Every object of this database: the archive, then its parts."""
+        return (self.object, *(part.object for part in self.parts))
+
+    @property
+    def size(self) -> int:
+        return sum(obj.size for obj in self.objects)
 
 
 class Manifest(_Model):
@@ -211,7 +265,7 @@ class Manifest(_Model):
 
     @property
     def total_size(self) -> int:
-        size = sum(entry.object.size for entry in self.databases)
+        size = sum(entry.size for entry in self.databases)
         return size + (self.globals.size if self.globals else 0)
 
     def to_json(self) -> bytes:

@@ -20,7 +20,7 @@ coordinator has Citus (:mod:`.restore` decides):
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from psycopg import sql
@@ -131,10 +131,13 @@ def verify(
     *,
     metadata: CitusMetadata | None,
     only: set[tuple[str, str]] | None = None,
+    counted: Mapping[tuple[str, str], int] | None = None,
 ) -> Verification:
     """Compare the restored database (``conn``) with the manifest; raise
     PermanentError (reason VerificationFailed) naming the first tables that
-    differ. ``metadata``: check the distribution too; ``only``: these tables."""
+    differ. ``metadata``: check the distribution too; ``only``: these tables;
+    ``counted``: rows already counted in this database (a split restore
+    counts each part's table as soon as its data is in, in parallel)."""
     result = Verification()
     problems: list[str] = []
     if metadata is not None:
@@ -145,8 +148,10 @@ def verify(
         result.citus_schemas = len(metadata.schemas) if only is None else 0
     counts = [c for c in entry.row_counts if only is None or (c.schema_name, c.name) in only]
     if counts:
+        known = dict(counted or {})
+        missing = [(c.schema_name, c.name) for c in counts if (c.schema_name, c.name) not in known]
         with pg.errors_as("count the restored rows"):
-            have = dict(pg.count_rows(conn, [(c.schema_name, c.name) for c in counts]))
+            have = {**known, **dict(pg.count_rows(conn, missing))}
         for count in counts:
             got = have[(count.schema_name, count.name)]
             name = citus.qualified(count.schema_name, count.name)
@@ -158,7 +163,7 @@ def verify(
             else:
                 result.approximate.append(text)
         result.tables_counted = len(counts)
-        result.rows = sum(have.values())
+        result.rows = sum(have[(c.schema_name, c.name)] for c in counts)
     if problems:
         shown = "; ".join(problems[:5]) + (
             f"; and {len(problems) - 5} more" if len(problems) > 5 else ""

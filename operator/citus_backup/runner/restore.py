@@ -39,6 +39,19 @@ Every database is restored into a new temporary database
 * **Everything** restores globals (roles, tablespaces) with psql, keeping the
   connecting role's current password, then every database; all targets are
   checked before anything is changed. Databases not named are never touched.
+* **Split databases** (:mod:`.split`): the schema archive is downloaded
+  (sha256 verified) into a local temporary file — it holds no rows, so no
+  dump data is ever on local disk — and restored from there with
+  ``--section=pre-data``; then the data parts stream from S3 into
+  ``--split-jobs`` concurrent ``pg_restore`` processes, largest first, each
+  verifying its object's size and sha256 as it streams; then
+  ``pg_restore -j <split-jobs> --section=post-data`` from the file builds the
+  indexes and constraints in parallel (``-j`` needs a seekable archive,
+  which the schema file is). Every object is checked to exist with the
+  manifest's size before the temporary database is created, and any failure
+  (corrupted or missing part) drops the temporary database before the swap,
+  naming the object. ``--table``/``--schema`` restore only the rest and the
+  parts holding the selected tables.
 * **Verification** (``--verify``, :mod:`.verify`): every database of the set
   is restored like above into a reserved scratch database, checked (row
   counts, distribution, the user's SQL checks) and dropped on every node; no
@@ -66,7 +79,7 @@ import psycopg
 from psycopg import sql
 
 from citus_backup.errors import CitusBackupError, PermanentError
-from citus_backup.runner import citus, dbprops, faults, layout, listing, pg, rebuild
+from citus_backup.runner import citus, dbprops, faults, layout, listing, pg, rebuild, split
 from citus_backup.runner import verify as verify_mod
 from citus_backup.runner.beacon import Beacon
 from citus_backup.runner.cluster import (
@@ -80,7 +93,15 @@ from citus_backup.runner.cluster import (
 )
 from citus_backup.runner.cluster import closed as cluster_closed
 from citus_backup.runner.config import PgConfig, S3Config
-from citus_backup.runner.manifest import CitusMetadata, CitusTable, DatabaseEntry, Manifest
+from citus_backup.runner.manifest import (
+    MAX_FORMAT_VERSION,
+    CitusMetadata,
+    CitusTable,
+    DatabaseEntry,
+    DataPart,
+    Manifest,
+    ObjectInfo,
+)
 from citus_backup.runner.progress import DEFAULT_INTERVAL, Counter, Progress
 from citus_backup.runner.s3 import RangedRead, S3Store
 from citus_backup.runner.selection import default_jobs, quote_name
@@ -146,6 +167,9 @@ class RestoreOptions:
     checks: Sequence[verify_mod.Check] = ()
     #: Advertise progress in a session's application_name (:mod:`.beacon`).
     progress_tag: str | None = None
+    #: Split databases: parts restored at once, and pg_restore -j of post-data
+    #: (default: ``jobs``, else ``cpus``).
+    split_jobs: int | None = None
 
 
 #: Milliseconds a user check of a verification may run (statement_timeout).
@@ -238,6 +262,9 @@ class _Restore:
         self.location: layout.SetLocation | None = None
         self.manifest: Manifest | None = None
         self._temp_files: list[str] = []
+        #: Rows counted per database by a split restore's part workers.
+        self._counted: dict[str, dict[tuple[str, str], int]] = {}
+        self._counted_lock = threading.Lock()
 
     # ---------------------------------------------------------- locating
     def resolve(self) -> tuple[layout.SetLocation, Manifest]:
@@ -353,9 +380,14 @@ class _Restore:
         database: str,
         target: str,
         plan: DatabasePlan | None = None,
+        *,
+        parts: Sequence[DataPart] = (),
     ) -> None:
         """The three sections into ``database`` with the hooks in between
         (and, for a Citus rebuild, the distribution after ``pre-data``)."""
+        if entry.split:
+            self.restore_split_into(entry, database, target, plan, parts or entry.parts)
+            return
         counter = self.progress.track(quote_name(entry.name))
         etag: str | None = None
         for section in SECTIONS:
@@ -368,14 +400,197 @@ class _Restore:
                 counter=counter if section == "data" else None,
                 plan=plan,
             )
-            faults.point(section)
-            if section == "pre-data" and plan is not None and plan.mode == DISTRIBUTED:
-                assert entry.citus is not None
-                with self.pg.session(database) as conn:
-                    rebuild.register_nodes(conn, plan.cluster)
-                    rebuild.distribute(conn, citus.distribution_statements(entry.citus))
-                faults.point("distributed")
-            self.options.hooks.after_section(SectionEvent(section, entry, database, target))
+            self._after_section(section, entry, database, target, plan)
+        self.progress.finish(counter, f"restored into {quote_name(database)}")
+
+    def _after_section(
+        self,
+        section: str,
+        entry: DatabaseEntry,
+        database: str,
+        target: str,
+        plan: DatabasePlan | None,
+    ) -> None:
+        faults.point(section)
+        if section == "pre-data" and plan is not None and plan.mode == DISTRIBUTED:
+            assert entry.citus is not None
+            with self.pg.session(database) as conn:
+                rebuild.register_nodes(conn, plan.cluster)
+                rebuild.distribute(conn, citus.distribution_statements(entry.citus))
+            faults.point("distributed")
+        self.options.hooks.after_section(SectionEvent(section, entry, database, target))
+
+    # ---------------------------------------------------- split databases
+    def _split_jobs(self) -> int:
+        return max(1, self.options.split_jobs or self.options.jobs or self.options.cpus)
+
+    def check_objects(self, entry: DatabaseEntry, parts: Sequence[DataPart]) -> None:
+        """Every object a split restore reads exists with the manifest's size
+        (before anything is created: a missing part fails the run up front)."""
+        assert self.location is not None
+        for obj in (entry.object, *(part.object for part in parts)):
+            key = self.location.key(obj.name)
+            found = self.store.stat(key)
+            if found is None:
+                raise PermanentError(
+                    f"restore of database {quote_name(entry.name)}: object {obj.name} of the "
+                    f"backup is missing (s3://{self.store.bucket}/{key}); nothing was changed",
+                    reason="ObjectMissing",
+                )
+            if found.size != obj.size:
+                raise checksum_error(
+                    f"restore of database {quote_name(entry.name)} ({obj.name})",
+                    f"{found.size} bytes stored, manifest says {obj.size}",
+                )
+
+    def _download(self, entry: DatabaseEntry, obj: ObjectInfo) -> str:
+        """The schema archive into a local temporary file, size and sha256
+        verified (it holds no rows: see the module docstring)."""
+        assert self.location is not None
+        what = f"restore of database {quote_name(entry.name)} ({obj.name})"
+        handle, path = tempfile.mkstemp(prefix="citus-backup-schema-", suffix=".dump")
+        self._temp_files.append(path)
+        hasher = hashlib.sha256()
+        size = 0
+        with (
+            os.fdopen(handle, "wb") as out,
+            self.store.open_read(self.location.key(obj.name)) as read,
+        ):
+            for chunk in read.chunks:
+                if self.children.cancelled.is_set():
+                    raise Cancelled("stopped: the run is being cancelled")
+                hasher.update(chunk)
+                size += len(chunk)
+                out.write(chunk)
+        digest = hasher.hexdigest()
+        if size != obj.size:
+            raise checksum_error(what, f"{size} bytes read, manifest says {obj.size}")
+        if digest != obj.sha256:
+            raise checksum_error(what, f"sha256 {digest} != {obj.sha256}")
+        return path
+
+    def _restore_file(
+        self, path: str, database: str, args: Sequence[str], plan: DatabasePlan | None, what: str
+    ) -> None:
+        argv = [pg.tool("pg_restore"), *self._restore_args(), *args]
+        if plan is not None and plan.list_file is not None:
+            argv += ["-L", plan.list_file]
+        argv += ["-d", self.pg_config.conninfo(database), path]
+        child = self.children.start(argv, self._section_env(plan), label="pg_restore")
+        try:
+            code = child.wait()
+        except BaseException:
+            child.terminate()
+            raise
+        finally:
+            self.children.done(child)
+        if code != 0:
+            raise child.failure(what)
+
+    def stream_part(
+        self,
+        entry: DatabaseEntry,
+        part: DataPart,
+        database: str,
+        counter: Counter | None,
+        plan: DatabasePlan | None,
+    ) -> None:
+        """One data part streamed into ``pg_restore`` (no ``--section``: a part
+        holds only data, and large objects' creation, which PostgreSQL 15's
+        pg_restore files under pre-data), size and sha256 verified."""
+        assert self.location is not None
+        expected = part.object
+        what = f"restore of database {quote_name(entry.name)} ({expected.name})"
+        argv = [pg.tool("pg_restore"), *self._restore_args()]
+        argv += ["-d", self.pg_config.conninfo(database)]
+        child = self.children.start(
+            argv, self._section_env(plan), stdin=subprocess.PIPE, label="pg_restore"
+        )
+        feed = _Feed(child, expected.size, True, counter, self.children.cancelled)
+        try:
+            with self.store.open_read(self.location.key(expected.name)) as read:
+                feed.run(read.chunks)
+            code = feed.finish()
+        except BaseException:
+            child.terminate()
+            raise
+        finally:
+            self.children.done(child)
+        digest = feed.hasher.hexdigest()
+        complete = feed.size == expected.size
+        if complete and digest != expected.sha256:
+            raise checksum_error(what, f"sha256 {digest} != {expected.sha256}")
+        if code != 0:
+            raise child.failure(what)
+        if not complete:
+            raise checksum_error(what, f"{feed.size} bytes read, manifest says {expected.size}")
+        self._count_part(entry, part, database)
+
+    def _count_part(self, entry: DatabaseEntry, part: DataPart, database: str) -> None:
+        """Row counts of the part's tables, now that their rows are in (each
+        table's rows come from its part only): the verification's scans run
+        in the part workers, in parallel, instead of one after another at the end."""
+        recorded = {(c.schema_name, c.name) for c in entry.row_counts}
+        tables = [(t.schema_name, t.name) for t in part.tables]
+        tables = [t for t in tables if t in recorded]
+        if not tables:
+            return
+        with self.pg.session(database) as conn, pg.errors_as("count the restored rows"):
+            counts = pg.count_rows(conn, tables)
+        with self._counted_lock:
+            self._counted.setdefault(database, {}).update(counts)
+
+    def restore_split_into(
+        self,
+        entry: DatabaseEntry,
+        database: str,
+        target: str,
+        plan: DatabasePlan | None,
+        parts: Sequence[DataPart],
+    ) -> None:
+        """A split database into ``database``: pre-data from the downloaded
+        schema archive, the parts in parallel, post-data with ``-j``."""
+        shown = quote_name(entry.name)
+        jobs = self._split_jobs()
+        self.summary.extra.setdefault("splitParts", {})[target] = f"{len(parts)}/{len(entry.parts)}"
+        counter = self.progress.track(shown)
+        path = self._download(entry, entry.object)
+        try:
+            self._restore_file(
+                path,
+                database,
+                ["--section=pre-data"],
+                plan,
+                f"restore (pre-data) of database {shown}",
+            )
+            self._after_section("pre-data", entry, database, target, plan)
+            ordered = sorted(parts, key=lambda p: -p.estimated_size)
+            with ThreadPoolExecutor(min(jobs, max(1, len(ordered))), "part") as pool:
+                futures = [
+                    pool.submit(self.stream_part, entry, part, database, counter, plan)
+                    for part in ordered
+                ]
+                pending = set(futures)
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                    for future in done:
+                        error = future.exception()
+                        if error is not None:
+                            self.children.cancel()
+                            wait(pending)
+                            raise error
+            self._after_section("data", entry, database, target, plan)
+            self._restore_file(
+                path,
+                database,
+                ["--section=post-data", f"--jobs={jobs}"],
+                plan,
+                f"restore (post-data) of database {shown}",
+            )
+            self._after_section("post-data", entry, database, target, plan)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
         self.progress.finish(counter, f"restored into {quote_name(database)}")
 
     def read_toc(self, entry: DatabaseEntry, key: str) -> list[str]:
@@ -523,6 +738,8 @@ class _Restore:
             if exists and not self.options.replace:
                 raise target_exists(target)
             self._check_workers(sessions, target, exists)
+            if entry.split:
+                self.check_objects(entry, entry.parts)
             temp = self._create_temp(coordinator, entry)
             try:
                 self._restore_temp(sessions, plan, entry, key=key, temp=temp, target=target)
@@ -564,7 +781,10 @@ class _Restore:
         self.restore_into(entry, key, temp, target, plan)
         with self.pg.session(temp) as db:
             verification = rebuild.verify(
-                db, entry, metadata=entry.citus if plan.mode == DISTRIBUTED else None
+                db,
+                entry,
+                metadata=entry.citus if plan.mode == DISTRIBUTED else None,
+                counted=self._counted.pop(temp, None),
             )
         self.summary.extra.setdefault("verified", {})[target] = verification.describe()
         faults.point("verified")
@@ -701,13 +921,22 @@ class _Restore:
                 if entry.citus is not None and not citus_available(conn):
                     temp_plan = DatabasePlan(LOCAL, Cluster.single(self.pg_config))
                     temp_plan.list_file = self._local_list(entry, key)
+                parts = self._parts_for_selection(entry)
+                if entry.split:
+                    self.check_objects(entry, parts)
                 temp = self._create_temp(conn, entry)
                 try:
-                    self.restore_into(entry, key, temp, target, temp_plan)
+                    self.restore_into(entry, key, temp, target, temp_plan, parts=parts)
                     self._check_objects_in(temp, entry)
                     selected = self._selected_tables(temp)
                     with self.pg.session(temp) as db:
-                        checked = rebuild.verify(db, entry, metadata=None, only=selected)
+                        checked = rebuild.verify(
+                            db,
+                            entry,
+                            metadata=None,
+                            only=selected,
+                            counted=self._counted.pop(temp, None),
+                        )
                     self.summary.extra.setdefault("verified", {})[target] = checked.describe()
                     faults.point("verified")
                     self._transfer(temp, target, entry, selected)
@@ -721,6 +950,28 @@ class _Restore:
             quote_name(s) for s in options.schemas
         )
         log.info("restored %s into database %s", what, shown)
+
+    def _parts_for_selection(self, entry: DatabaseEntry) -> list[DataPart]:
+        """The parts of a split database a --table/--schema restore reads:
+        :func:`.split.parts_for_tables` from the selection and the foreign keys
+        recorded at backup time (a foreign key of a restored table, or of the
+        rest's tables, needs the rows it references in the temporary copy, or
+        its post-data fails); every part when the manifest has no foreign keys."""
+        if not entry.parts:
+            return []
+        if entry.foreign_keys is None:
+            return list(entry.parts)
+        needed = split.parts_for_tables(
+            [[(t.schema_name, t.name) for t in p.tables] for p in entry.parts],
+            {(t.schema_name, t.name) for t in entry.toc.tables},
+            list(self.options.tables),
+            list(self.options.schemas),
+            [
+                ((k.table.schema_name, k.table.name), (k.references.schema_name, k.references.name))
+                for k in entry.foreign_keys
+            ],
+        )
+        return [entry.parts[i] for i in needed]
 
     def _check_objects_in_manifest(self, entry: DatabaseEntry) -> None:
         """Fail before restoring anything when a --table is surely not in the dump.
@@ -1040,6 +1291,12 @@ class _Restore:
         options = self.options
         self.store.check_bucket()
         location, manifest = self.resolve()
+        if manifest.format_version > MAX_FORMAT_VERSION:
+            raise PermanentError(
+                f"backup {manifest.backup_id} has manifest format {manifest.format_version}; "
+                f"this runner reads formats up to {MAX_FORMAT_VERSION}: use a newer runner",
+                reason="InvalidManifest",
+            )
         self.location, self.manifest = location, manifest
         self.summary.backup_id = manifest.backup_id
         self.summary.location = location.url(self.store.bucket)
@@ -1094,7 +1351,7 @@ class _Restore:
             for path in self._temp_files:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
-        self.summary.databases = {target: entry.object.size for entry, target in plan}
+        self.summary.databases = {target: entry.size for entry, target in plan}
         self.summary.total_size = sum(self.summary.databases.values())
         self.summary.extra["restoreSeconds"] = round(time.monotonic() - started, 3)
 
@@ -1241,13 +1498,7 @@ def target_exists(*targets: str, detail: str | None = None) -> PermanentError:
     )
 
 
-def exact_pattern(*parts: str) -> str:
-    """A pg_dump ``-t``/``-n`` pattern matching exactly these names.
-
-    Inside double quotes pattern characters (``*``, ``?``, ``.``, regex
-    characters) are literal and ``""`` is a quote.
-    """
-    return ".".join('"' + part.replace('"', '""') + '"' for part in parts)
+exact_pattern = split.exact_pattern
 
 
 def parse_table(text: str) -> tuple[str, str]:

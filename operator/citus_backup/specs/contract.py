@@ -68,6 +68,8 @@ FLAG_EXCLUDE_DATABASE: Final = "--exclude-database"  # repeated
 FLAG_JOBS: Final = "--jobs"  # databases in parallel (backup and restore); absent: runner's default
 FLAG_COMPRESSION: Final = "--compress"  # pg_dump --compress level
 FLAG_CONSISTENCY: Final = "--consistency"  # snapshot | block-writes; absent: snapshot
+FLAG_SPLIT_THRESHOLD: Final = "--split-threshold"  # bytes; 0: never split (docs/split.md)
+FLAG_SPLIT_JOBS: Final = "--split-jobs"  # parts of one database at once (backup and restore)
 
 # --- flags of ``citus-backup restore`` (also FLAG_BACKUP_ID, FLAG_TIER, FLAG_JOBS)
 FLAG_LATEST: Final = "--latest"  # not used by the operator: it resolves the backup itself

@@ -132,6 +132,10 @@ def build_backup_job(
     args += [c.FLAG_COMPRESSION, str(spec.dump.compression)]
     if spec.dump.consistency == "blockWrites":
         args += [c.FLAG_CONSISTENCY, "block-writes"]
+    # Always explicit, like the compression: the policy decides, not the runner's default.
+    args += [c.FLAG_SPLIT_THRESHOLD, str(spec.dump.parallel_dump.threshold_bytes)]
+    if spec.dump.parallel_dump.jobs is not None:
+        args += [c.FLAG_SPLIT_JOBS, str(spec.dump.parallel_dump.jobs)]
 
     labels = _labels(
         component=BACKUP_CONTAINER,
@@ -216,6 +220,8 @@ def build_restore_job(
     args.append(c.FLAG_GLOBALS if spec.effective_globals else c.FLAG_NO_GLOBALS)
     if policy.spec.dump.jobs is not None:
         args += [c.FLAG_JOBS, str(policy.spec.dump.jobs)]
+    if policy.spec.dump.parallel_dump.jobs is not None:
+        args += [c.FLAG_SPLIT_JOBS, str(policy.spec.dump.parallel_dump.jobs)]
     args += [c.FLAG_PROGRESS_TAG, progress_tag(namespace, restore.name)]
     extra_volumes: list[V1Volume] = []
     extra_mounts: list[V1VolumeMount] = []
