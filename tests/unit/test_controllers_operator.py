@@ -413,3 +413,16 @@ def test_secret_reads_are_reused_for_a_while_and_a_missing_secret_is_not() -> No
     core.exists = True
     assert cluster.secret_data("ns", "pg") == {"password": b"secret"}
     assert core.reads == 4
+
+
+def test_freed_memory_is_given_back_periodically() -> None:
+    scheduled: list[tuple[float, Any]] = []
+
+    class Loop:
+        def call_later(self, seconds: float, callback: Any) -> None:
+            scheduled.append((seconds, callback))
+
+    operator_main._trim_memory_every(Loop(), 60.0)
+    assert [s for s, _ in scheduled] == [60.0]
+    scheduled[0][1]()  # the tick trims (glibc here) and schedules the next one
+    assert [s for s, _ in scheduled] == [60.0, 60.0]
