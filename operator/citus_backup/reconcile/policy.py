@@ -440,23 +440,27 @@ class PolicyReconciler:
         # (no event about it wakes us): look again soon.
         return delay if ready else min(delay, NOT_READY_RECHECK_SECONDS)
 
-    def _verification_due(self, policy: CitusBackupPolicy, now: datetime) -> bool:
-        """A fire time of ``verification.schedule`` has come (see _verify_by_schedule)."""
+    def _verification_decision(
+        self, policy: CitusBackupPolicy, now: datetime
+    ) -> ScheduleDecision | None:
+        """What ``verification.schedule`` says at ``now`` (None: no such schedule)."""
         verification_spec = policy.spec.verification
         if verification_spec is None or verification_spec.schedule is None:
-            return False
-        return (
-            decide(
-                verification_spec.schedule,
-                policy.spec.time_zone,
-                now=now,
-                last_schedule_time=policy.status.last_verification_schedule_time,
-                created=policy.metadata.creation_timestamp or now,
-                starting_deadline_seconds=None,
-                suspend=policy.spec.suspend,
-            ).run
-            is not None
+            return None
+        return decide(
+            verification_spec.schedule,
+            policy.spec.time_zone,
+            now=now,
+            last_schedule_time=policy.status.last_verification_schedule_time,
+            created=policy.metadata.creation_timestamp or now,
+            starting_deadline_seconds=None,
+            suspend=policy.spec.suspend,
         )
+
+    def _verification_due(self, policy: CitusBackupPolicy, now: datetime) -> bool:
+        """A fire time of ``verification.schedule`` has come (see _verify_by_schedule)."""
+        decision = self._verification_decision(policy, now)
+        return decision is not None and decision.run is not None
 
     def _verify_by_schedule(
         self,
@@ -467,19 +471,9 @@ class PolicyReconciler:
     ) -> None:
         """At a fire time of ``verification.schedule``: verify the newest successful
         backup unless it already has a verification (suspend stops this too)."""
+        decision = self._verification_decision(policy, now)
         verification_spec = policy.spec.verification
-        if verification_spec is None or verification_spec.schedule is None:
-            return
-        decision = decide(
-            verification_spec.schedule,
-            policy.spec.time_zone,
-            now=now,
-            last_schedule_time=policy.status.last_verification_schedule_time,
-            created=policy.metadata.creation_timestamp or now,
-            starting_deadline_seconds=None,
-            suspend=policy.spec.suspend,
-        )
-        if decision.run is None:
+        if decision is None or decision.run is None or verification_spec is None:
             return
         restores = self.deps.cluster.list(Kind.RESTORE, policy.namespace or "")
         target = verification.due_by_schedule(policy, backups, restores)

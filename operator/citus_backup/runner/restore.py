@@ -246,6 +246,21 @@ def checksum_error(what: str, detail: str) -> PermanentError:
     )
 
 
+def _check_stream(
+    feed: _Feed, code: int, child: pg.Child, expected: ObjectInfo, what: str, *, whole: bool
+) -> None:
+    """After pg_restore read an object: its sha256 (when all of it was read), its
+    exit code, and with ``whole`` that all of it was read (sizes from the manifest)."""
+    digest = feed.hasher.hexdigest()
+    complete = feed.size == expected.size
+    if complete and digest != expected.sha256:
+        raise checksum_error(what, f"sha256 {digest} != {expected.sha256}")
+    if code != 0:
+        raise child.failure(what)
+    if whole and not complete:
+        raise checksum_error(what, f"{feed.size} bytes read, manifest says {expected.size}")
+
+
 class _Restore:
     def __init__(
         self, pg_config: PgConfig, store: S3Store, options: RestoreOptions, summary: RunSummary
@@ -353,14 +368,7 @@ class _Restore:
             raise
         finally:
             self.children.done(child)
-        digest = feed.hasher.hexdigest()
-        complete = feed.size == expected.size
-        if complete and digest != expected.sha256:
-            raise checksum_error(what, f"sha256 {digest} != {expected.sha256}")
-        if code != 0:
-            raise child.failure(what)
-        if verify and not complete:
-            raise checksum_error(what, f"{feed.size} bytes read, manifest says {expected.size}")
+        _check_stream(feed, code, child, expected, what, whole=verify)
         return etag
 
     def _section_env(self, plan: DatabasePlan | None) -> dict[str, str]:
@@ -516,14 +524,7 @@ class _Restore:
             raise
         finally:
             self.children.done(child)
-        digest = feed.hasher.hexdigest()
-        complete = feed.size == expected.size
-        if complete and digest != expected.sha256:
-            raise checksum_error(what, f"sha256 {digest} != {expected.sha256}")
-        if code != 0:
-            raise child.failure(what)
-        if not complete:
-            raise checksum_error(what, f"{feed.size} bytes read, manifest says {expected.size}")
+        _check_stream(feed, code, child, expected, what, whole=True)
         self._count_part(entry, part, database)
 
     def _count_part(self, entry: DatabaseEntry, part: DataPart, database: str) -> None:
