@@ -131,6 +131,7 @@ class OperatorProcess:
                     POLL_INTERVAL,
                     f"--metrics-port={self.metrics_port}",
                     "--metrics-address=127.0.0.1",
+                    *(["--verbose"] if os.environ.get("OPERATOR_VERBOSE") else []),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -355,7 +355,16 @@ def test_idle_looks_list_the_backups_only_when_due_changed_or_hourly(
     after_run = listed.count(Kind.BACKUP)
     assert after_run > first
     w.clock.advance(minutes=5)
-    reconciler.reconcile("main", "ns")
+    reconciler.reconcile("main", "ns")  # the backup is still running: list again
+    after_running = listed.count(Kind.BACKUP)
+    assert after_running > after_run
+    backup_body = w.cluster.obj(Kind.BACKUP, "main-202611270300")
+    backup_body["status"] = {"phase": "Succeeded", "completionTime": "2026-11-27T03:10:00Z"}
+    w.clock.advance(minutes=5)
+    reconciler.reconcile("main", "ns")  # sees it finished (summary), lists once more
+    w.clock.advance(minutes=5)
+    after_run = listed.count(Kind.BACKUP)
+    reconciler.reconcile("main", "ns")  # nothing running, nothing due: no LIST
     assert listed.count(Kind.BACKUP) == after_run
     w.clock.advance(hours=1)  # the hourly safety net
     reconciler.reconcile("main", "ns")

@@ -730,8 +730,11 @@ def register(
     def policy_seen(type: str, body: kopf.Body, **_: Any) -> None:
         ctl.observe(body, deleted=type == "DELETED")
 
-    # optional: kopf adds no finalizer for this handler; ours keeps the object until it ran.
-    @kopf.on.delete(GROUP, VERSION, plural, registry=registry, id="lifecycle-delete", optional=True)
+    # Not optional: kopf keeps its own finalizer for this handler and so always runs it on
+    # deletion. (Optional, it relied on kopf's finalizer being there for a periodic task;
+    # once the daemon was the only one and exited on seeing the deletion, kopf dropped its
+    # finalizer, never ran this handler, and ours kept the policy forever.)
+    @kopf.on.delete(GROUP, VERSION, plural, registry=registry, id="lifecycle-delete")
     def lifecycle_deleted(body: kopf.Body, retry: int, **_: Any) -> None:
         transient(lambda: ctl.finalize(dict(body), retry))
 

@@ -87,8 +87,9 @@ NOT_READY_RECHECK_SECONDS = 10.0
 STATUS_ATTEMPTS = 3
 #: Seconds after which a look with nothing due lists the policy's backups again to
 #: recompute the backup summary (lastSuccessfulBackup, LastBackupSucceeded). A
-#: finished backup refreshes the summary itself; this is the safety net (e.g. a
-#: CitusBackup deleted by hand). Without it every idle look was a LIST of the
+#: finished backup refreshes the summary itself; a look after one that saw a backup
+#: still running lists again; this is the safety net (e.g. a CitusBackup deleted
+#: by hand, or a summary write lost to conflicts). Without it every idle look was a LIST of the
 #: namespace's backups: with 1,000 policies, most of the operator's idle requests.
 SUMMARY_REFRESH_SECONDS = 3600.0
 
@@ -308,9 +309,9 @@ class PolicyReconciler:
         #: shared by many policies was seconds later). Errors are left to that
         #: timer, which looks again anyway.
         self.start_backup = start_backup
-        #: (namespace, name) -> (time, generation) of the last look that listed the
-        #: policy's backups (see SUMMARY_REFRESH_SECONDS).
-        self._listed: dict[tuple[str, str], tuple[datetime, int | None]] = {}
+        #: (namespace, name) -> (time, generation, a backup was unfinished) of the
+        #: last look that listed the policy's backups (see SUMMARY_REFRESH_SECONDS).
+        self._listed: dict[tuple[str, str], tuple[datetime, int | None, bool]] = {}
 
     def reconcile(
         self, name: str, namespace: str, body: Mapping[str, Any] | None = None
@@ -410,18 +411,19 @@ class PolicyReconciler:
             or self._verification_due(policy, now)
             or listed is None
             or listed[1] != generation
+            or listed[2]  # a backup was running at the last listing: it may have finished
             or (now - listed[0]).total_seconds() >= SUMMARY_REFRESH_SECONDS
         ):
-            self._listed[key] = (now, generation)
             backups = backups_of(deps, policy)
             if ready:
                 conditions = self._act(policy, decision, backups, fields, conditions, now)
                 self._verify_by_schedule(policy, backups, fields, now)
+            if "lastScheduleTime" in fields:  # a run was created (or skipped): list again
+                backups = backups_of(deps, policy)
+            running = any(not (b.status.phase and b.status.phase.finished) for b in backups)
+            self._listed[key] = (now, generation, running)
             summary, conditions = backup_summary(
-                backups_of(deps, policy) if "lastScheduleTime" in fields else backups,
-                conditions,
-                now=now,
-                generation=generation,
+                backups, conditions, now=now, generation=generation
             )
             fields.update(summary)
         # else: nothing is due and the summary was computed recently (a finished
